@@ -1,0 +1,173 @@
+package app
+
+import (
+	"fmt"
+	"net"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/sets"
+	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
+	genericapiserver "k8s.io/apiserver/pkg/server"
+	genericfilters "k8s.io/apiserver/pkg/server/filters"
+	genericoptions "k8s.io/apiserver/pkg/server/options"
+	utilcompatibility "k8s.io/apiserver/pkg/util/compatibility"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	cliflag "k8s.io/component-base/cli/flag"
+	"k8s.io/component-base/logs"
+	logsapi "k8s.io/component-base/logs/api/v1"
+
+	"github.com/kubecube-io/console-apiserver/pkg/apiserver"
+	"github.com/kubecube-io/console-apiserver/pkg/generated/openapi"
+	"github.com/kubecube-io/console-apiserver/pkg/session"
+	"github.com/kubecube-io/console-apiserver/pkg/sockjs"
+)
+
+// Options are console-apiserver's flags: RecommendedOptions without etcd
+// (nothing is stored), as metrics-server composes them, plus the sessions'
+// and terminals' limits.
+type Options struct {
+	SecureServing  *genericoptions.SecureServingOptionsWithLoopback
+	Authentication *genericoptions.DelegatingAuthenticationOptions
+	Authorization  *genericoptions.DelegatingAuthorizationOptions
+	Audit          *genericoptions.AuditOptions
+	Features       *genericoptions.FeatureOptions
+	Logs           *logs.Options
+
+	// Kubeconfig reaches the cluster this server runs in; empty means the
+	// in-cluster config.
+	Kubeconfig string
+
+	Sessions session.Limits
+	Terminal sockjs.Options
+	// DrainTimeout bounds the wait for terminals at shutdown.
+	DrainTimeout time.Duration
+}
+
+// NewOptions returns the defaults.
+func NewOptions() *Options {
+	o := &Options{
+		SecureServing:  genericoptions.NewSecureServingOptions().WithLoopback(),
+		Authentication: genericoptions.NewDelegatingAuthenticationOptions(),
+		Authorization:  genericoptions.NewDelegatingAuthorizationOptions(),
+		Audit:          genericoptions.NewAuditOptions(),
+		Features:       genericoptions.NewFeatureOptions(),
+		Logs:           logs.NewOptions(),
+		Sessions:       session.DefaultLimits,
+		Terminal:       sockjs.DefaultOptions(),
+		DrainTimeout:   10 * time.Second,
+	}
+	o.SecureServing.BindPort = 6443
+	// Every request must name a user: terminals are never anonymous.
+	o.Authentication.Anonymous.Enabled = false
+	// Priority and fairness would need informers on kube-apiserver's
+	// flowcontrol API; the max-in-flight limits suit a server this small,
+	// and long-running attach requests are exempt from them.
+	o.Features.EnablePriorityAndFairness = false
+	return o
+}
+
+// Flags returns the flags grouped for --help.
+func (o *Options) Flags() cliflag.NamedFlagSets {
+	var fss cliflag.NamedFlagSets
+	o.SecureServing.AddFlags(fss.FlagSet("secure serving"))
+	o.Authentication.AddFlags(fss.FlagSet("authentication"))
+	o.Authorization.AddFlags(fss.FlagSet("authorization"))
+	o.Audit.AddFlags(fss.FlagSet("auditing"))
+	o.Features.AddFlags(fss.FlagSet("features"))
+	logsapi.AddFlags(o.Logs, fss.FlagSet("logs"))
+
+	fs := fss.FlagSet("console")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig of the cluster to open terminals in (default: in-cluster config). Its identity needs to impersonate users, groups, uids and userextras, get pods and create subjectaccessreviews.")
+	fs.DurationVar(&o.Sessions.TTL, "session-ttl", o.Sessions.TTL, "How long a created session may wait to be bound.")
+	fs.IntVar(&o.Sessions.MaxPendingPerUser, "max-pending-sessions-per-user", o.Sessions.MaxPendingPerUser, "Created but not yet bound sessions one user may hold (0: no limit).")
+	fs.IntVar(&o.Sessions.MaxActivePerUser, "max-active-sessions-per-user", o.Sessions.MaxActivePerUser, "Running terminals one user may hold (0: no limit).")
+	fs.IntVar(&o.Sessions.MaxActive, "max-active-sessions", o.Sessions.MaxActive, "Running terminals this server holds in total (0: no limit).")
+	fs.DurationVar(&o.Terminal.BindTimeout, "bind-timeout", o.Terminal.BindTimeout, "Time from opening the SockJS connection to the bind frame.")
+	fs.DurationVar(&o.Terminal.IdleTimeout, "idle-timeout", o.Terminal.IdleTimeout, "A terminal with neither input nor output for this long is ended (0: never).")
+	fs.DurationVar(&o.Terminal.MaxDuration, "max-session-duration", o.Terminal.MaxDuration, "A terminal is ended after this long, whatever it does (0: never).")
+	fs.IntVar(&o.Terminal.MaxMessageSize, "max-message-size", o.Terminal.MaxMessageSize, "Largest client frame, in bytes.")
+	fs.StringSliceVar(&o.Terminal.AllowedOrigins, "allowed-origins", o.Terminal.AllowedOrigins, "Origins a browser may open terminals from (scheme://host[:port], or * for any). Requests without an Origin header (non-browser clients) are always allowed.")
+	fs.DurationVar(&o.DrainTimeout, "shutdown-drain-timeout", o.DrainTimeout, "At shutdown, how long to wait for terminals to end after telling their clients.")
+	return fss
+}
+
+// Validate reports every flag error at once.
+func (o *Options) Validate() []error {
+	var errs []error
+	errs = append(errs, o.SecureServing.Validate()...)
+	errs = append(errs, o.Authentication.Validate()...)
+	errs = append(errs, o.Authorization.Validate()...)
+	errs = append(errs, o.Audit.Validate()...)
+	errs = append(errs, o.Features.Validate()...)
+	if err := logsapi.ValidateAndApply(o.Logs, nil); err != nil {
+		errs = append(errs, err)
+	}
+	if o.Sessions.TTL <= 0 {
+		errs = append(errs, fmt.Errorf("--session-ttl must be positive"))
+	}
+	if o.Terminal.MaxMessageSize < 1024 {
+		errs = append(errs, fmt.Errorf("--max-message-size must be at least 1024"))
+	}
+	if o.Terminal.BindTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--bind-timeout must be positive"))
+	}
+	return errs
+}
+
+// genericConfig builds the generic server's configuration.
+func (o *Options) genericConfig() (*genericapiserver.Config, error) {
+	if err := o.SecureServing.MaybeDefaultWithSelfSignedCerts("localhost", nil, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
+		return nil, fmt.Errorf("creating self-signed certificates: %w", err)
+	}
+	cfg := genericapiserver.NewConfig(apiserver.Codecs)
+	cfg.EffectiveVersion = utilcompatibility.DefaultBuildEffectiveVersion()
+	// Terminals outlive any request timeout: attach is long-running here as
+	// it is in kube-apiserver.
+	cfg.LongRunningFunc = genericfilters.BasicLongRunningRequestCheck(sets.NewString("watch"), sets.NewString("attach"))
+
+	namer := openapinamer.NewDefinitionNamer(apiserver.Scheme)
+	cfg.OpenAPIConfig = genericapiserver.DefaultOpenAPIConfig(openapi.GetOpenAPIDefinitions, namer)
+	cfg.OpenAPIConfig.Info.Title = "console-apiserver"
+	cfg.OpenAPIV3Config = genericapiserver.DefaultOpenAPIV3Config(openapi.GetOpenAPIDefinitions, namer)
+	cfg.OpenAPIV3Config.Info.Title = "console-apiserver"
+
+	if err := o.SecureServing.ApplyTo(&cfg.SecureServing, &cfg.LoopbackClientConfig); err != nil {
+		return nil, err
+	}
+	if err := o.Authentication.ApplyTo(&cfg.Authentication, cfg.SecureServing, cfg.OpenAPIConfig); err != nil {
+		return nil, err
+	}
+	if err := o.Authorization.ApplyTo(&cfg.Authorization); err != nil {
+		return nil, err
+	}
+	if err := o.Audit.ApplyTo(cfg); err != nil {
+		return nil, err
+	}
+	if err := o.Features.ApplyTo(cfg, nil, nil); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// clusterConfig reaches the cluster terminals run in.
+func (o *Options) clusterConfig() (*rest.Config, error) {
+	var (
+		cfg *rest.Config
+		err error
+	)
+	if o.Kubeconfig != "" {
+		cfg, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+			&clientcmd.ClientConfigLoadingRules{ExplicitPath: o.Kubeconfig}, &clientcmd.ConfigOverrides{}).ClientConfig()
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading the cluster's client config: %w", err)
+	}
+	cfg.UserAgent = "console-apiserver"
+	// Session creation makes two calls (an access review and a pod read);
+	// client-go's default 5 QPS would queue a burst of users.
+	cfg.QPS, cfg.Burst = 100, 200
+	return cfg, nil
+}

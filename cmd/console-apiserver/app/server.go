@@ -1,0 +1,90 @@
+// Package app is console-apiserver's command: flags, configuration, run.
+package app
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/spf13/cobra"
+	utilerrors "k8s.io/apimachinery/pkg/util/errors"
+	genericapiserver "k8s.io/apiserver/pkg/server"
+	cliflag "k8s.io/component-base/cli/flag"
+	"k8s.io/component-base/term"
+	"k8s.io/component-base/version"
+	"k8s.io/klog/v2"
+
+	"github.com/kubecube-io/console-apiserver/pkg/apiserver"
+	"github.com/kubecube-io/console-apiserver/pkg/clusters"
+	"github.com/kubecube-io/console-apiserver/pkg/podexec"
+	"github.com/kubecube-io/console-apiserver/pkg/session"
+	"github.com/kubecube-io/console-apiserver/pkg/sockjs"
+)
+
+// NewCommand returns the console-apiserver command.
+func NewCommand() *cobra.Command {
+	o := NewOptions()
+	cmd := &cobra.Command{
+		Use:   "console-apiserver",
+		Short: "Serves RBAC-governed terminals into containers as the aggregated API consoles.kubecube.io",
+		Long: `console-apiserver is a Kubernetes aggregated API server. POST the shell
+subresource of a pod (/apis/consoles.kubecube.io/v1alpha1/namespaces/NS/pods/POD/shell)
+for a one-time session ID, then open SockJS on the pod's attach subresource and bind it.
+Commands run as the caller, impersonated, never as this server.`,
+		SilenceUsage: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if errs := o.Validate(); len(errs) > 0 {
+				return utilerrors.NewAggregate(errs)
+			}
+			return Run(genericapiserver.SetupSignalContext(), o)
+		},
+	}
+	fss := o.Flags()
+	for _, fs := range fss.FlagSets {
+		cmd.Flags().AddFlagSet(fs)
+	}
+	cols, _, _ := term.TerminalSize(cmd.OutOrStdout())
+	cliflag.SetUsageAndHelpFunc(cmd, fss, cols)
+	return cmd
+}
+
+// Run serves until ctx ends, then drains.
+func Run(ctx context.Context, o *Options) error {
+	server, err := NewServer(o)
+	if err != nil {
+		return err
+	}
+	klog.InfoS("Starting console-apiserver", "version", version.Get().GitVersion, "port", o.SecureServing.BindPort)
+	return server.Generic.PrepareRun().RunWithContext(ctx)
+}
+
+// NewServer builds a server from options without running it (tests run it
+// in-process with their own context).
+func NewServer(o *Options) (*apiserver.Server, error) {
+	generic, err := o.genericConfig()
+	if err != nil {
+		return nil, err
+	}
+	local, err := o.clusterConfig()
+	if err != nil {
+		return nil, err
+	}
+	reg, err := clusters.NewStatic(local)
+	if err != nil {
+		return nil, err
+	}
+	store := session.NewMemoryStore(o.Sessions, nil)
+	cfg := &apiserver.Config{
+		Generic: generic,
+		Extra: apiserver.ExtraConfig{
+			Clusters:     reg,
+			Store:        store,
+			Terminal:     sockjs.NewTerminal(o.Terminal, store, podexec.New(reg)),
+			DrainTimeout: o.DrainTimeout,
+		},
+	}
+	s, err := cfg.New()
+	if err != nil {
+		return nil, fmt.Errorf("building the server: %w", err)
+	}
+	return s, nil
+}
