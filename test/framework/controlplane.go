@@ -64,9 +64,9 @@ type ControlPlane struct {
 	ownDir     bool
 	admin      *rest.Config
 	frontProxy *KeyPair
-	etcd       *process
-	apiserver  *process
-	kwok       *process
+	etcd       *Process
+	apiserver  *Process
+	kwok       *Process
 	etcdURL    string
 }
 
@@ -126,9 +126,9 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 // Stop ends kube-apiserver before etcd (the other order once hung it), then
 // the node, and removes the temp dir it made. It is safe to call twice.
 func (cp *ControlPlane) Stop() {
-	for _, p := range []*process{cp.kwok, cp.apiserver, cp.etcd} {
+	for _, p := range []*Process{cp.kwok, cp.apiserver, cp.etcd} {
 		if p != nil {
-			if err := p.stop(15 * time.Second); err != nil {
+			if err := p.Stop(15 * time.Second); err != nil {
 				cp.opts.Logf("stopping: %v", err)
 			}
 		}
@@ -141,8 +141,8 @@ func (cp *ControlPlane) Stop() {
 // Processes lists the plane's live children's PIDs, for leak checks.
 func (cp *ControlPlane) Processes() map[string]int {
 	out := map[string]int{}
-	for _, p := range []*process{cp.etcd, cp.apiserver, cp.kwok} {
-		if p != nil && !p.exited() {
+	for _, p := range []*Process{cp.etcd, cp.apiserver, cp.kwok} {
+		if p != nil && !p.Exited() {
 			out[p.name] = p.cmd.Process.Pid
 		}
 	}
@@ -152,9 +152,9 @@ func (cp *ControlPlane) Processes() map[string]int {
 // LogTail returns the end of a component's log ("etcd", "kube-apiserver",
 // "kwok"), for failure messages.
 func (cp *ControlPlane) LogTail(component string, lines int) string {
-	for _, p := range []*process{cp.etcd, cp.apiserver, cp.kwok} {
+	for _, p := range []*Process{cp.etcd, cp.apiserver, cp.kwok} {
 		if p != nil && p.name == component {
-			return p.logTail(lines)
+			return p.LogTail(lines)
 		}
 	}
 	return ""
@@ -204,7 +204,7 @@ func (cp *ControlPlane) startEtcd(ctx context.Context, bin string) error {
 	client, peer := freePort(), freePort()
 	cp.etcdURL = "http://127.0.0.1:" + strconv.Itoa(client)
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(peer)
-	p, err := startProcess("etcd", filepath.Join(cp.Dir, "logs"), bin,
+	p, err := StartProcess("etcd", filepath.Join(cp.Dir, "logs"), bin,
 		"--name=default",
 		"--data-dir="+filepath.Join(cp.Dir, "etcd"),
 		"--listen-client-urls="+cp.etcdURL, "--advertise-client-urls="+cp.etcdURL,
@@ -263,7 +263,7 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, bin string) error {
 		"--profiling=false",
 	}
 	args = append(args, cp.opts.ExtraAPIServerArgs...)
-	p, err := startProcess("kube-apiserver", filepath.Join(cp.Dir, "logs"), bin, args...)
+	p, err := StartProcess("kube-apiserver", filepath.Join(cp.Dir, "logs"), bin, args...)
 	if err != nil {
 		return err
 	}
@@ -289,7 +289,7 @@ func (cp *ControlPlane) startKwok(ctx context.Context, bins binaries) error {
 	if err := writeKwokConfig(cfg, bins.kwokStages, cp.ExecDir); err != nil {
 		return err
 	}
-	p, err := startProcess("kwok", filepath.Join(cp.Dir, "logs"), bins.kwok,
+	p, err := StartProcess("kwok", filepath.Join(cp.Dir, "logs"), bins.kwok,
 		"--kubeconfig="+cp.AdminKubeconfig,
 		"--config="+cfg,
 		"--manage-all-nodes=true",
@@ -329,16 +329,16 @@ func (cp *ControlPlane) startKwok(ctx context.Context, bins binaries) error {
 // StopAPIServer stops kube-apiserver alone (for restart tests);
 // StartAPIServer brings it back on the same port and data.
 func (cp *ControlPlane) StopAPIServer() error {
-	return cp.apiserver.stop(15 * time.Second)
+	return cp.apiserver.Stop(15 * time.Second)
 }
 
 // RestartAPIServer starts kube-apiserver again with the same flags.
 func (cp *ControlPlane) RestartAPIServer(ctx context.Context) error {
-	if !cp.apiserver.exited() {
+	if !cp.apiserver.Exited() {
 		return errors.New("kube-apiserver is still running")
 	}
 	args := cp.apiserver.cmd.Args[1:]
-	p, err := startProcess("kube-apiserver", filepath.Join(cp.Dir, "logs"), cp.apiserver.cmd.Path, args...)
+	p, err := StartProcess("kube-apiserver", filepath.Join(cp.Dir, "logs"), cp.apiserver.cmd.Path, args...)
 	if err != nil {
 		return err
 	}

@@ -13,9 +13,9 @@ import (
 	"time"
 )
 
-// process is a child of the plane. Its output goes to a log file that a
+// Process is a child of the plane (or of make run). Its output goes to a log file that a
 // failing test prints the tail of.
-type process struct {
+type Process struct {
 	name    string
 	cmd     *exec.Cmd
 	logPath string
@@ -24,7 +24,8 @@ type process struct {
 	once    sync.Once
 }
 
-func startProcess(name, logDir string, bin string, args ...string) (*process, error) {
+// StartProcess starts bin in its own process group, logging to logDir/name.log.
+func StartProcess(name, logDir string, bin string, args ...string) (*Process, error) {
 	logPath := filepath.Join(logDir, name+".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -44,7 +45,7 @@ func startProcess(name, logDir string, bin string, args ...string) (*process, er
 		logFile.Close()
 		return nil, fmt.Errorf("starting %s (%s): %w", name, bin, err)
 	}
-	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	p := &Process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
 	go func() {
 		p.waitErr = cmd.Wait()
 		logFile.Close()
@@ -53,8 +54,8 @@ func startProcess(name, logDir string, bin string, args ...string) (*process, er
 	return p, nil
 }
 
-// exited reports whether the process has ended (and was reaped).
-func (p *process) exited() bool {
+// Exited reports whether the process has ended (and was reaped).
+func (p *Process) Exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -63,11 +64,11 @@ func (p *process) exited() bool {
 	}
 }
 
-// stop sends SIGTERM to the process group, and SIGKILL after grace.
-func (p *process) stop(grace time.Duration) error {
+// Stop sends SIGTERM to the process group, and SIGKILL after grace.
+func (p *Process) Stop(grace time.Duration) error {
 	var err error
 	p.once.Do(func() {
-		if p.exited() {
+		if p.Exited() {
 			return
 		}
 		pgid := -p.cmd.Process.Pid
@@ -89,8 +90,8 @@ func (p *process) stop(grace time.Duration) error {
 	return err
 }
 
-// logTail returns the last n lines of the process's log.
-func (p *process) logTail(n int) string {
+// LogTail returns the last n lines of the process's log.
+func (p *Process) LogTail(n int) string {
 	b, err := os.ReadFile(p.logPath)
 	if err != nil {
 		return err.Error()
@@ -103,11 +104,11 @@ func (p *process) logTail(n int) string {
 }
 
 // waitFor polls check until it succeeds, ctx ends, or p exits.
-func waitFor(ctx context.Context, p *process, what string, check func(context.Context) error) error {
+func waitFor(ctx context.Context, p *Process, what string, check func(context.Context) error) error {
 	var last error
 	for {
-		if p != nil && p.exited() {
-			return fmt.Errorf("%s exited while waiting for %s: %v\n%s", p.name, what, p.waitErr, p.logTail(30))
+		if p != nil && p.Exited() {
+			return fmt.Errorf("%s exited while waiting for %s: %v\n%s", p.name, what, p.waitErr, p.LogTail(30))
 		}
 		if last = check(ctx); last == nil {
 			return nil
@@ -116,10 +117,16 @@ func waitFor(ctx context.Context, p *process, what string, check func(context.Co
 		case <-ctx.Done():
 			msg := fmt.Sprintf("timed out waiting for %s: %v", what, last)
 			if p != nil {
-				msg += "\n" + p.logTail(30)
+				msg += "\n" + p.LogTail(30)
 			}
 			return errors.New(msg)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
+
+// PID is the process's ID (and its process group's).
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
+// Done is closed when the process has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }

@@ -6,7 +6,9 @@ import (
 
 // SizeQueue is a TerminalSizeQueue a test pushes sizes into. Close it when
 // the exec ends so that client-go's resize goroutine returns.
-type SizeQueue struct{ ch chan remotecommand.TerminalSize }
+type SizeQueue struct {
+	ch chan remotecommand.TerminalSize
+}
 
 // NewSizeQueue returns a queue whose first size is initial.
 func NewSizeQueue(rows, cols uint16) *SizeQueue {
