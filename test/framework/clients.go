@@ -77,24 +77,33 @@ type identityHeaders struct {
 
 func (h identityHeaders) RoundTrip(req *http.Request) (*http.Response, error) {
 	req = req.Clone(req.Context())
-	req.Header.Set("X-Remote-User", h.user.GetName())
-	if uid := h.user.GetUID(); uid != "" {
-		req.Header.Set("X-Remote-Uid", uid)
+	for k, v := range IdentityHeader(h.user) {
+		req.Header[k] = v
 	}
-	for _, g := range h.user.GetGroups() {
-		req.Header.Add("X-Remote-Group", g)
+	return h.rt.RoundTrip(req)
+}
+
+// IdentityHeader is what an authenticating proxy sends kube-apiserver for u.
+func IdentityHeader(u user.Info) http.Header {
+	h := http.Header{}
+	h.Set("X-Remote-User", u.GetName())
+	if uid := u.GetUID(); uid != "" {
+		h.Set("X-Remote-Uid", uid)
 	}
-	keys := make([]string, 0, len(h.user.GetExtra()))
-	for k := range h.user.GetExtra() {
+	for _, g := range u.GetGroups() {
+		h.Add("X-Remote-Group", g)
+	}
+	keys := make([]string, 0, len(u.GetExtra()))
+	for k := range u.GetExtra() {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		for _, v := range h.user.GetExtra()[k] {
-			req.Header.Add("X-Remote-Extra-"+k, v)
+		for _, v := range u.GetExtra()[k] {
+			h.Add("X-Remote-Extra-"+k, v)
 		}
 	}
-	return h.rt.RoundTrip(req)
+	return h
 }
 
 // WriteKubeconfig writes cfg (certificate or token auth) as a kubeconfig
