@@ -6,6 +6,8 @@ package apiserver
 
 import (
 	"context"
+	"fmt"
+	"html"
 	"net/http"
 	"time"
 
@@ -82,18 +84,21 @@ func (c *Config) New() (*Server, error) {
 }
 
 // servePage serves the terminal page below .../pods/POD/console/. Without
-// the trailing slash the page's relative asset URLs would miss, so redirect
-// relatively: that works behind any proxy prefix.
+// the trailing slash the page's relative asset URLs would miss, and an HTTP
+// redirect is no way out: kube-apiserver refuses redirects from aggregated
+// servers on connect requests. So answer with a page that moves the browser
+// on, relatively, which works behind any proxy prefix.
 func servePage(page http.Handler, w http.ResponseWriter, r *http.Request, subpath string) {
 	if subpath == "" {
 		target := "console/"
 		if r.URL.RawQuery != "" {
 			target += "?" + r.URL.RawQuery
 		}
-		// Not http.Redirect: it would make the target absolute, which breaks
-		// behind a proxy that serves the API under a prefix.
-		w.Header().Set("Location", target)
-		w.WriteHeader(http.StatusMovedPermanently)
+		target = html.EscapeString(target)
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-cache")
+		w.Header().Set("Content-Security-Policy", "default-src 'none'")
+		fmt.Fprintf(w, "<!doctype html><meta http-equiv=\"refresh\" content=\"0; url=%s\"><a href=\"%s\">Open the console</a>\n", target, target)
 		return
 	}
 	r2 := r.Clone(r.Context())

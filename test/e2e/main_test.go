@@ -13,15 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spf13/pflag"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 
-	"github.com/kubecube-io/console-apiserver/cmd/console-apiserver/app"
 	consolesv1alpha1 "github.com/kubecube-io/console-apiserver/pkg/apis/consoles/v1alpha1"
-	"github.com/kubecube-io/console-apiserver/pkg/apiserver"
 	"github.com/kubecube-io/console-apiserver/pkg/generated/clientset/versioned"
 	"github.com/kubecube-io/console-apiserver/test/framework"
 )
@@ -32,7 +29,7 @@ const requestTimeout = 10 * time.Second
 
 var (
 	cp     *framework.ControlPlane
-	server *apiserver.Server
+	server *framework.RunningServer
 )
 
 func TestMain(m *testing.M) {
@@ -50,53 +47,14 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer cp.Stop()
-	stop, err := startConsoleServer(ctx, "e2e",
+	server, err = cp.RunConsoleServer(ctx, "e2e",
 		"--session-ttl=30s", "--max-pending-sessions-per-user=5", "--idle-timeout=0")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "starting console-apiserver:", err)
 		return 1
 	}
-	defer stop()
+	defer server.Stop()
 	return m.Run()
-}
-
-// startConsoleServer runs console-apiserver in this process with the flags
-// a deployment would pass, and registers its APIService.
-func startConsoleServer(ctx context.Context, name string, extraArgs ...string) (stop func(), err error) {
-	prep, err := cp.PrepareConsoleServer(ctx, name, extraArgs...)
-	if err != nil {
-		return nil, err
-	}
-	o := app.NewOptions()
-	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
-	for _, f := range o.Flags().FlagSets {
-		fs.AddFlagSet(f)
-	}
-	if err := fs.Parse(prep.Args); err != nil {
-		return nil, err
-	}
-	if errs := o.Validate(); len(errs) > 0 {
-		return nil, fmt.Errorf("%v", errs)
-	}
-	s, err := app.NewServer(o)
-	if err != nil {
-		return nil, err
-	}
-	server = s
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Generic.PrepareRun().RunWithContext(sctx) }()
-	if err := cp.RegisterConsoleAPIService(ctx, prep); err != nil {
-		cancel()
-		return nil, err
-	}
-	return func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-		}
-	}, nil
 }
 
 // user is a person with a client certificate.

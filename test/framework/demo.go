@@ -25,25 +25,43 @@ type Demo struct {
 	CreateRawExample string
 
 	server, proxy *Process
+	inProcess     *RunningServer
 	exited        chan struct{}
 }
 
-// StartDemo runs the console-apiserver binary on the plane and sets up the
-// demo user, who holds only the shipped console-user role plus pods/exec and
-// read access to pods, in the demo namespace.
+// StartDemo runs console-apiserver on the plane (the binary, or in this
+// process when binary is "") and sets up the demo user, who holds only the
+// shipped console-user role plus pods/exec and read access to pods, in the
+// demo namespace, behind a kubectl proxy on proxyPort (0: any free port).
 func StartDemo(ctx context.Context, cp *ControlPlane, binary string, proxyPort int) (*Demo, error) {
 	d := &Demo{User: "demo", Namespace: "demo", Pod: "demo", exited: make(chan struct{})}
 	logs := filepath.Join(cp.Dir, "logs")
-	srv, err := cp.PrepareConsoleServer(ctx, "demo", "--v=2")
-	if err != nil {
-		return nil, err
+	if proxyPort == 0 {
+		proxyPort = freePort()
 	}
-	if d.server, err = StartProcess("console-apiserver", logs, binary, srv.Args...); err != nil {
-		return nil, err
-	}
+	// The page is served through the proxy, so that is the browser's origin.
+	origins := fmt.Sprintf("--allowed-origins=http://127.0.0.1:%d,http://localhost:%d", proxyPort, proxyPort)
 	fail := func(err error) (*Demo, error) { d.Stop(); return nil, err }
-	if err := cp.RegisterConsoleAPIService(ctx, srv); err != nil {
-		return fail(fmt.Errorf("%w\nconsole-apiserver log:\n%s", err, d.server.LogTail(20)))
+	var serverDone <-chan struct{}
+	if binary == "" {
+		rs, err := cp.RunConsoleServer(ctx, "demo", origins)
+		if err != nil {
+			return nil, err
+		}
+		d.inProcess = rs
+		serverDone = rs.Done()
+	} else {
+		srv, err := cp.PrepareConsoleServer(ctx, "demo", "--v=2", origins)
+		if err != nil {
+			return nil, err
+		}
+		if d.server, err = StartProcess("console-apiserver", logs, binary, srv.Args...); err != nil {
+			return nil, err
+		}
+		serverDone = d.server.Done()
+		if err := cp.RegisterConsoleAPIService(ctx, srv); err != nil {
+			return fail(fmt.Errorf("%w\nconsole-apiserver log:\n%s", err, d.server.LogTail(20)))
+		}
 	}
 	if _, err := cp.CreatePod(ctx, PodSpec{Namespace: d.Namespace, Name: d.Pod, Containers: []string{"shell"}}); err != nil {
 		return fail(err)
@@ -58,9 +76,6 @@ func StartDemo(ctx context.Context, cp *ControlPlane, binary string, proxyPort i
 	d.Kubeconfig = filepath.Join(cp.Dir, "demo.kubeconfig")
 	if err := WriteKubeconfig(d.Kubeconfig, cfg, d.Namespace); err != nil {
 		return fail(err)
-	}
-	if proxyPort == 0 {
-		proxyPort = freePort()
 	}
 	if d.proxy, err = StartProcess("kubectl-proxy", logs, KubectlPath(), "proxy",
 		"--kubeconfig="+d.Kubeconfig, "--address=127.0.0.1", "--port="+strconv.Itoa(proxyPort)); err != nil {
@@ -79,7 +94,7 @@ func StartDemo(ctx context.Context, cp *ControlPlane, binary string, proxyPort i
 		ConsoleGroup, ConsoleVersion, ConsoleGroup, ConsoleVersion, d.Namespace, d.Pod)
 	go func() {
 		select {
-		case <-d.server.Done():
+		case <-serverDone:
 		case <-d.proxy.Done():
 		}
 		close(d.exited)
@@ -96,6 +111,9 @@ func (d *Demo) Stop() {
 		if p != nil {
 			_ = p.Stop(20 * time.Second)
 		}
+	}
+	if d.inProcess != nil {
+		d.inProcess.Stop()
 	}
 }
 
