@@ -18,8 +18,11 @@ var ErrUnknown = errors.New("unknown cluster")
 // Those credentials are used for reads and access reviews only; commands
 // always run with an impersonating copy of Config.
 type Cluster struct {
-	Name   string
+	Name string
+	// Config streams (exec): it has no overall timeout.
 	Config *rest.Config
+	// Client makes short calls, each bounded by MemberTimeout, so that an
+	// unreachable cluster answers with an error rather than a hang.
 	Client kubernetes.Interface
 }
 
@@ -42,7 +45,9 @@ func NewStatic(local *rest.Config) (*Static, error) {
 
 // Set adds or replaces a cluster.
 func (s *Static) Set(name string, cfg *rest.Config) error {
-	cs, err := kubernetes.NewForConfig(cfg)
+	short := rest.CopyConfig(cfg)
+	short.Timeout = MemberTimeout
+	cs, err := kubernetes.NewForConfig(short)
 	if err != nil {
 		return fmt.Errorf("client for cluster %q: %w", name, err)
 	}
@@ -61,4 +66,25 @@ func (s *Static) Get(name string) (*Cluster, error) {
 		return nil, fmt.Errorf("%w %q", ErrUnknown, name)
 	}
 	return c, nil
+}
+
+// Remove forgets a cluster; the local cluster "" cannot be removed.
+func (s *Static) Remove(name string) {
+	if name == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.clusters, name)
+}
+
+// Names lists the configured clusters.
+func (s *Static) Names() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]string, 0, len(s.clusters))
+	for n := range s.clusters {
+		out = append(out, n)
+	}
+	return out
 }

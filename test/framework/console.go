@@ -33,37 +33,45 @@ type ConsoleServer struct {
 	caBundle   []byte
 }
 
-// PrepareConsoleServer applies the shipped namespace and RBAC
-// (artifacts/deploy 00-20), mints a token for the server's ServiceAccount,
-// and issues a serving certificate for the Service the APIService names.
-// name distinguishes several servers (replicas) in one plane.
-func (cp *ControlPlane) PrepareConsoleServer(ctx context.Context, name string, extraArgs ...string) (*ConsoleServer, error) {
+// ConsoleKubeconfig applies the shipped namespace and server RBAC
+// (artifacts/deploy 00-20), mints a token for the server's ServiceAccount
+// and writes a kubeconfig with it to path: what console-apiserver runs with
+// against this cluster, as its home cluster or as a member.
+func (cp *ControlPlane) ConsoleKubeconfig(ctx context.Context, path string) error {
 	deploy := filepath.Join(RepoRoot(), "artifacts", "deploy")
 	for _, f := range []string{"00-namespace.yaml", "10-rbac-server.yaml", "20-rbac-users.yaml"} {
 		b, err := os.ReadFile(filepath.Join(deploy, f))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if err := cp.Apply(ctx, b); err != nil {
-			return nil, fmt.Errorf("%s: %w", f, err)
+			return fmt.Errorf("%s: %w", f, err)
 		}
 	}
 	if err := cp.CreateNamespace(ctx, ConsoleNamespace); err != nil {
-		return nil, err
+		return err
 	}
 	token, err := cp.AdminClient().CoreV1().ServiceAccounts(ConsoleNamespace).CreateToken(ctx, ConsoleServiceAccount,
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(24 * 3600))}},
 		metav1.CreateOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("token for the server's service account: %w", err)
+		return fmt.Errorf("token for the server's service account: %w", err)
 	}
+	cfg := &rest.Config{Host: cp.URL, BearerToken: token.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAData: cp.CA.CertPEM}}
+	return WriteKubeconfig(path, cfg, ConsoleNamespace)
+}
+
+// PrepareConsoleServer sets up what a console-apiserver on loopback needs:
+// the ServiceAccount kubeconfig (ConsoleKubeconfig), a serving certificate for
+// the Service the APIService names, a port and flags. name distinguishes
+// several servers (replicas) in one plane.
+func (cp *ControlPlane) PrepareConsoleServer(ctx context.Context, name string, extraArgs ...string) (*ConsoleServer, error) {
 	dir := filepath.Join(cp.Dir, "console-"+name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	kubeconfig := filepath.Join(dir, "kubeconfig")
-	cfg := &rest.Config{Host: cp.URL, BearerToken: token.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAData: cp.CA.CertPEM}}
-	if err := WriteKubeconfig(kubeconfig, cfg, ConsoleNamespace); err != nil {
+	if err := cp.ConsoleKubeconfig(ctx, kubeconfig); err != nil {
 		return nil, err
 	}
 	kp, caBundle, err := cp.ServingCert(ConsoleService, ConsoleNamespace)

@@ -38,6 +38,12 @@ type Options struct {
 	// in-cluster config.
 	Kubeconfig string
 
+	// MemberClustersDir holds one kubeconfig per member cluster,
+	// <name>.kubeconfig (e.g. a mounted Secret); reread every
+	// MemberClustersResync.
+	MemberClustersDir    string
+	MemberClustersResync time.Duration
+
 	Sessions session.Limits
 	Terminal sockjs.Options
 	// DrainTimeout bounds the wait for terminals at shutdown.
@@ -56,6 +62,8 @@ func NewOptions() *Options {
 		Sessions:       session.DefaultLimits,
 		Terminal:       sockjs.DefaultOptions(),
 		DrainTimeout:   10 * time.Second,
+
+		MemberClustersResync: 10 * time.Second,
 	}
 	o.SecureServing.BindPort = 6443
 	// Every request must name a user: terminals are never anonymous.
@@ -79,6 +87,8 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 
 	fs := fss.FlagSet("console")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig of the cluster to open terminals in (default: in-cluster config). Its identity needs to impersonate users, groups, uids and userextras, get pods and create subjectaccessreviews.")
+	fs.StringVar(&o.MemberClustersDir, "member-clusters-dir", o.MemberClustersDir, "Directory of member-cluster kubeconfigs, one <cluster>.kubeconfig per member (e.g. a mounted Secret). spec.cluster names them; changes apply without a restart. Each kubeconfig's identity needs the same rights in its cluster as --kubeconfig's.")
+	fs.DurationVar(&o.MemberClustersResync, "member-clusters-resync", o.MemberClustersResync, "How often --member-clusters-dir is reread.")
 	fs.DurationVar(&o.Sessions.TTL, "session-ttl", o.Sessions.TTL, "How long a created session may wait to be bound.")
 	fs.IntVar(&o.Sessions.MaxPendingPerUser, "max-pending-sessions-per-user", o.Sessions.MaxPendingPerUser, "Created but not yet bound sessions one user may hold (0: no limit).")
 	fs.IntVar(&o.Sessions.MaxActivePerUser, "max-active-sessions-per-user", o.Sessions.MaxActivePerUser, "Running terminals one user may hold (0: no limit).")

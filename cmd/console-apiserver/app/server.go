@@ -72,6 +72,14 @@ func NewServer(o *Options) (*apiserver.Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	var members *clusters.Dir
+	if o.MemberClustersDir != "" {
+		// A broken member file is logged and retried; it must not keep the
+		// server, and the other clusters, from serving.
+		if members, err = clusters.NewDir(reg, o.MemberClustersDir); err != nil {
+			klog.ErrorS(err, "Loading member clusters")
+		}
+	}
 	store := session.NewMemoryStore(o.Sessions, nil)
 	cfg := &apiserver.Config{
 		Generic: generic,
@@ -85,6 +93,12 @@ func NewServer(o *Options) (*apiserver.Server, error) {
 	s, err := cfg.New()
 	if err != nil {
 		return nil, fmt.Errorf("building the server: %w", err)
+	}
+	if members != nil {
+		s.Generic.AddPostStartHookOrDie("member-clusters-resync", func(ctx genericapiserver.PostStartHookContext) error {
+			go members.Run(ctx, o.MemberClustersResync)
+			return nil
+		})
 	}
 	return s, nil
 }

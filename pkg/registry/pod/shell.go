@@ -107,7 +107,7 @@ func (r *ShellREST) Create(ctx context.Context, name string, obj runtime.Object,
 	if apierrors.IsNotFound(err) {
 		return nil, apierrors.NewNotFound(podsResource, name)
 	} else if err != nil {
-		return nil, apierrors.NewServiceUnavailable(fmt.Sprintf("looking up pod %s/%s in cluster %q: %v", namespace, name, in.Spec.Cluster, err))
+		return nil, apierrors.NewServiceUnavailable(fmt.Sprintf("%s: looking up pod %s/%s: %v", clusterName(in.Spec.Cluster), namespace, name, err))
 	}
 	container, err := pickContainer(pod, in.Spec.Container)
 	if err != nil {
@@ -158,7 +158,7 @@ func canExec(ctx context.Context, c *clusters.Cluster, owner session.Identity, n
 	}}
 	res, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
 	if err != nil {
-		return apierrors.NewServiceUnavailable(fmt.Sprintf("checking whether %q may exec into %s/%s: %v", owner.Name, namespace, pod, err))
+		return apierrors.NewServiceUnavailable(fmt.Sprintf("%s: checking whether %q may exec into %s/%s: %v", clusterName(c.Name), owner.Name, namespace, pod, err))
 	}
 	if !res.Status.Allowed {
 		why := fmt.Sprintf("User %q cannot create resource \"pods/exec\" in API group \"\" in the namespace %q", owner.Name, namespace)
@@ -205,4 +205,12 @@ func pickContainer(pod *corev1.Pod, want string) (string, error) {
 		}
 	}
 	return want, nil
+}
+
+// clusterName names a cluster in messages.
+func clusterName(name string) string {
+	if name == "" {
+		return "local cluster"
+	}
+	return fmt.Sprintf("cluster %q", name)
 }
