@@ -268,15 +268,7 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, bin string) error {
 		return err
 	}
 	cp.apiserver = p
-	client, err := rest.HTTPClientFor(cp.admin)
-	if err != nil {
-		return err
-	}
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	if err := waitFor(wctx, p, "kube-apiserver /readyz", func(ctx context.Context) error {
-		return httpOK(ctx, client, cp.URL+"/readyz")
-	}); err != nil {
+	if err := cp.waitAPIServerReady(ctx); err != nil {
 		return err
 	}
 	cp.AdminKubeconfig = filepath.Join(cp.Dir, "admin.kubeconfig")
@@ -343,13 +335,17 @@ func (cp *ControlPlane) RestartAPIServer(ctx context.Context) error {
 		return err
 	}
 	cp.apiserver = p
+	return cp.waitAPIServerReady(ctx)
+}
+
+func (cp *ControlPlane) waitAPIServerReady(ctx context.Context) error {
 	client, err := rest.HTTPClientFor(cp.admin)
 	if err != nil {
 		return err
 	}
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	return waitFor(wctx, p, "kube-apiserver /readyz", func(ctx context.Context) error {
+	return waitFor(wctx, cp.apiserver, "kube-apiserver /readyz", func(ctx context.Context) error {
 		return httpOK(ctx, client, cp.URL+"/readyz")
 	})
 }
