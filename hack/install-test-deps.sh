@@ -4,6 +4,8 @@
 #   - Chromium and its driver from Debian's packages, when /usr/bin/chromium
 #     or /usr/bin/chromedriver is missing;
 #   - node and npm from Debian's packages, when npm is missing;
+#   - haproxy from Debian's packages, when it is missing (test/scaleout runs
+#     the replicas behind it, as a layer-4 load balancer);
 #   - web/node_modules by `npm ci`, when it is missing or older than
 #     web/package-lock.json.
 # Runs as root (CI does); it needs root only for what apt has to install.
@@ -35,6 +37,10 @@ fi
 
 if ! command -v npm >/dev/null 2>&1; then
   apt_install nodejs npm
+fi
+
+if ! command -v haproxy >/dev/null 2>&1 && [[ ! -x /usr/sbin/haproxy ]]; then
+  apt_install haproxy
 fi
 
 # npm writes node_modules/.package-lock.json at the end of a good install.

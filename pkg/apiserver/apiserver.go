@@ -6,6 +6,7 @@ package apiserver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"html"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"github.com/kubecube-io/console-apiserver/pkg/apis/consoles"
 	"github.com/kubecube-io/console-apiserver/pkg/apis/consoles/v1alpha1"
 	"github.com/kubecube-io/console-apiserver/pkg/clusters"
+	"github.com/kubecube-io/console-apiserver/pkg/peers"
 	"github.com/kubecube-io/console-apiserver/pkg/registry/pod"
 	"github.com/kubecube-io/console-apiserver/pkg/session"
 	"github.com/kubecube-io/console-apiserver/pkg/sockjs"
@@ -32,6 +34,9 @@ type ExtraConfig struct {
 	// DrainTimeout bounds how long shutdown waits for terminals to end
 	// after telling their clients.
 	DrainTimeout time.Duration
+	// Peers, when set, routes the SockJS fallback transports between
+	// replicas; nil serves every request here (one replica).
+	Peers *peers.Peers
 }
 
 // Config is the whole server's configuration.
@@ -54,12 +59,23 @@ func (c *Config) New() (*Server, error) {
 	pod.RegisterMetrics()
 
 	terminal := c.Extra.Terminal
+	attach := terminal.ServeAttach
+	if p := c.Extra.Peers; p != nil {
+		attach = p.ServeAttach
+		// Beside the API group: a plain handler below /apis/<group>/ would
+		// never be reached (go-restful owns it).
+		generic.Handler.NonGoRestfulMux.HandlePrefix(peers.InternalPrefix, p.InternalHandler())
+		generic.AddPostStartHookOrDie("replica-peers", func(ctx genericapiserver.PostStartHookContext) error {
+			go p.Run(ctx)
+			return nil
+		})
+	}
 	page := web.Handler()
 	storage := map[string]rest.Storage{
 		"pods":       pod.REST{},
 		"pods/shell": pod.NewShellREST(c.Extra.Clusters, c.Extra.Store),
 		"pods/attach": pod.NewConnectREST(func(w http.ResponseWriter, r *http.Request, namespace, name, subpath string) {
-			terminal.ServeAttach(w, r, namespace, name, subpath)
+			attach(w, r, namespace, name, subpath)
 		}, http.MethodGet, http.MethodPost),
 		"pods/console": pod.NewConnectREST(func(w http.ResponseWriter, r *http.Request, _, _, subpath string) {
 			servePage(page, w, r, subpath)
@@ -71,14 +87,26 @@ func (c *Config) New() (*Server, error) {
 		return nil, err
 	}
 
-	// Runs after readiness has turned false and before the HTTP server stops:
-	// each client hears why its terminal ends, then the streams drain.
-	drain := c.Extra.DrainTimeout
+	// Runs as shutdown begins, when /readyz starts failing; the HTTP server
+	// stops only after it returns. Terminals go on through the shutdown
+	// delay, while load balancers stop sending this replica new clients
+	// (so /readyz has failed for that long before any client is told); then
+	// each client hears why its terminal ends, and the streams drain.
+	drain, delay := c.Extra.DrainTimeout, c.Generic.ShutdownDelayDuration
 	generic.AddPreShutdownHookOrDie("drain-terminals", func() error {
+		time.Sleep(delay)
 		ctx, cancel := context.WithTimeout(context.Background(), drain)
 		defer cancel()
 		klog.InfoS("Draining terminal sessions", "active", terminal.ActiveSessions(), "timeout", drain)
-		return terminal.Shutdown(ctx)
+		err := terminal.Shutdown(ctx)
+		if p := c.Extra.Peers; p != nil {
+			// Its sessions have ended: withdraw their routes and this
+			// replica's Lease, so that nobody forwards here any more.
+			pctx, pcancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer pcancel()
+			err = errors.Join(err, p.Shutdown(pctx))
+		}
+		return err
 	})
 	return &Server{Generic: generic}, nil
 }

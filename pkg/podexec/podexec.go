@@ -5,6 +5,7 @@ package podexec
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -55,7 +56,8 @@ func (e *Executor) Exec(ctx context.Context, s session.Session, streams sockjs.S
 			Stderr: !s.TTY,
 			TTY:    s.TTY,
 		}, scheme.ParameterCodec)
-	exec, err := remotecommand.NewSPDYExecutor(cfg, "POST", req.URL())
+	// Our lean SPDY client (see spdyExecutor), or client-go's.
+	exec, err := newExecutor(cfg, req.URL())
 	if err != nil {
 		return fmt.Errorf("exec to %s: %w", s.Target, err)
 	}
@@ -65,7 +67,28 @@ func (e *Executor) Exec(ctx context.Context, s session.Session, streams sockjs.S
 	} else {
 		opts.Stderr = streams.Stderr
 	}
-	return exitError(exec.StreamWithContext(ctx, opts))
+
+	// A pod deleted under a running exec does not always end it: a node
+	// that is gone, or a kubelet that leaves the process running (kwok
+	// does), keeps the stream open. Watch the pod and end the exec when it
+	// goes, saying why.
+	ctx, cancel := context.WithCancelCause(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		if err := watchClusterPod(ctx, c, s.Target.Namespace, s.Target.Pod); err != nil {
+			cancel(err)
+		}
+	}()
+	err = exec.StreamWithContext(ctx, opts)
+	if cause := context.Cause(ctx); errors.Is(cause, sockjs.ErrPodGone) {
+		err = cause
+	} else if err == nil && exec.lost() {
+		err = errStreamLost
+	}
+	cancel(nil)
+	<-watched
+	return exitError(err)
 }
 
 // ImpersonatingConfig is cfg acting as owner: every part of the identity the

@@ -2,6 +2,7 @@ package sockjs
 
 import (
 	"context"
+	"errors"
 	"io"
 
 	"k8s.io/client-go/tools/remotecommand"
@@ -17,6 +18,12 @@ type Executor interface {
 	// implements k8s.io/client-go/util/exec.ExitError.
 	Exec(ctx context.Context, s session.Session, streams Streams) error
 }
+
+// ErrPodGone is what an Executor's error matches (errors.Is) when the
+// command ended because its pod went away: deleted, or replaced by another
+// pod of the same name. Its text says so, and the terminal shows it as the
+// reason the session ended rather than as an exec failure.
+var ErrPodGone = errors.New("the pod is gone")
 
 // Streams are the command's standard streams as the relay sees them.
 type Streams struct {

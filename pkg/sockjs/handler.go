@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -86,6 +87,12 @@ func (t *Terminal) ServeAttach(w http.ResponseWriter, r *http.Request, namespace
 	case "websocket":
 		info.guard = newWSGuard(t.opts.MaxMessageSize)
 		w = &hijackWriter{ResponseWriter: w, guard: info.guard}
+		if r.Method == http.MethodGet {
+			// Served here, not by sockjs-go (see wsSession); sockjs-go
+			// still answers other methods as the protocol wants.
+			t.serveWebSocket(w, r2, key)
+			return
+		}
 	case "xhr_send", "jsonp_send":
 		body, ok := t.readSendBody(w, r, key)
 		if !ok {
@@ -131,21 +138,36 @@ func (t *Terminal) readSendBody(w http.ResponseWriter, r *http.Request, key stri
 	}
 	limit := t.opts.MaxMessageSize
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(limit)))
+	if err == nil && !utf8.Valid(body) {
+		// sockjs-go's JSON decoding would turn the bad bytes into U+FFFD,
+		// typed into the command as if the user had sent them.
+		if ts := t.sessionOf(key); ts != nil {
+			ts.violation("a message is not valid UTF-8")
+		}
+		writeStatus(w, apierrors.NewBadRequest("the message is not valid UTF-8"))
+		return nil, false
+	}
 	if err == nil {
 		return body, true
 	}
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
-		if l := t.lookupLink(key); l != nil {
-			if ts := l.session(); ts != nil {
-				ts.violation(fmt.Sprintf("a message exceeds the limit of %d bytes", limit))
-			}
+		if ts := t.sessionOf(key); ts != nil {
+			ts.violation(fmt.Sprintf("a message exceeds the limit of %d bytes", limit))
 		}
 		writeStatus(w, apierrors.NewRequestEntityTooLargeError(fmt.Sprintf("limit is %d bytes", limit)))
 		return nil, false
 	}
 	writeStatus(w, apierrors.NewBadRequest(fmt.Sprintf("reading the request body: %v", err)))
 	return nil, false
+}
+
+// sessionOf returns the terminal session of a SockJS session key, if any.
+func (t *Terminal) sessionOf(key string) *termSession {
+	if l := t.lookupLink(key); l != nil {
+		return l.session()
+	}
+	return nil
 }
 
 // sessionKey is the SockJS session segment sockjs-go gets. sockjs-go finds

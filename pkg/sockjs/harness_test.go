@@ -634,3 +634,19 @@ func sizeString(s *remotecommand.TerminalSize) string {
 	}
 	return fmt.Sprintf("%dx%d", s.Width, s.Height)
 }
+
+// waitOpenFrame reads a receiving response (prelude and heartbeats
+// included) until SockJS's open frame "o".
+func waitOpenFrame(t *testing.T, body io.Reader) {
+	t.Helper()
+	r := bufio.NewReader(body)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("waiting for the open frame: %v", err)
+		}
+		if strings.TrimSpace(line) == "o" {
+			return
+		}
+	}
+}

@@ -168,3 +168,52 @@ func TestFrameBodyAndCount(t *testing.T) {
 		t.Fatalf("countMessages(a[]) = %d", n)
 	}
 }
+
+// maskedText is one masked WebSocket frame carrying payload as is.
+func maskedText(fin bool, opcode byte, payload []byte) []byte {
+	f := wsFrame(fin, opcode, len(payload))
+	body := f[len(f)-len(payload):]
+	key := f[len(f)-len(payload)-4 : len(f)-len(payload)]
+	for i, c := range payload {
+		body[i] = c ^ key[i%4]
+	}
+	return f
+}
+
+func TestWSScannerChecksText(t *testing.T) {
+	const limit = 1000
+	cat := func(frames ...[]byte) []byte { return bytes.Join(frames, nil) }
+	euro := []byte("€") // e2 82 ac
+	for _, tc := range []struct {
+		name   string
+		stream []byte
+		bad    bool
+	}{
+		{"ascii", maskedText(true, 1, []byte(`["x"]`)), false},
+		{"multi-byte", maskedText(true, 1, []byte(`["€ ü 😀"]`)), false},
+		{"U+FFFD itself", maskedText(true, 1, []byte("\xef\xbf\xbd")), false},
+		{"invalid byte", maskedText(true, 1, []byte("a\xffb")), true},
+		{"surrogate", maskedText(true, 1, []byte("\xed\xa0\x80")), true},
+		{"cut at the end", maskedText(true, 1, euro[:2]), true},
+		{"split across fragments", cat(maskedText(false, 1, euro[:1]), maskedText(true, 0, euro[1:])), false},
+		{"ping between fragments", cat(maskedText(false, 1, euro[:2]), maskedText(true, 9, []byte{0xff}), maskedText(true, 0, euro[2:])), false},
+		{"binary is not checked", maskedText(true, 2, []byte{0xff, 0xfe}), false},
+		{"next message starts clean", cat(maskedText(true, 1, []byte("ok")), maskedText(true, 1, []byte{0x80})), true},
+	} {
+		for _, step := range []int{1, 2, 5, 1 << 20} {
+			s := wsScanner{limit: limit}
+			refused := false
+			for rest := tc.stream; len(rest) > 0 && !refused; {
+				n := min(step, len(rest))
+				refused = s.feed(rest[:n])
+				rest = rest[n:]
+			}
+			if refused != tc.bad {
+				t.Errorf("%s (step %d): refused = %v", tc.name, step, refused)
+			}
+			if refused && s.violation() != "a message is not valid UTF-8" {
+				t.Errorf("%s: violation %q", tc.name, s.violation())
+			}
+		}
+	}
+}

@@ -79,6 +79,45 @@ func (p *stdinPipe) Read(b []byte) (int, error) {
 	return n, nil
 }
 
+// WriteTo writes keystrokes to w as they come, until the pipe is closed
+// (then it returns nil, as a copy does at EOF). An executor's stdin copy
+// uses it (io.Copy does): then no buffer of the executor's waits for
+// keystrokes, and bytes are handed over without another copy. Buffered bytes
+// are taken out and written without the lock held, so a slow write holds up
+// neither the terminal's reader (up to stdinLimit) nor close.
+func (p *stdinPipe) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	p.mu.Lock()
+	if !p.read {
+		p.read = true
+		if p.onFirst != nil {
+			p.onFirst()
+		}
+	}
+	for {
+		for !p.closed && p.off == len(p.buf) {
+			p.cond.Wait()
+		}
+		if p.closed {
+			p.mu.Unlock()
+			return total, nil
+		}
+		data := p.buf[p.off:]
+		p.buf, p.off = nil, 0
+		p.cond.Broadcast()
+		p.mu.Unlock()
+		n, err := w.Write(data)
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+		p.mu.Lock()
+		if p.buf == nil && !p.closed {
+			p.buf = data[:0] // nothing came meanwhile: keep the array
+		}
+	}
+}
+
 func (p *stdinPipe) close() {
 	p.mu.Lock()
 	p.closed = true

@@ -92,7 +92,9 @@ type Terminal struct {
 	store   session.Store
 	exec    Executor
 	handler *sockjsgo.Handler
-	metrics terminalMetrics
+	// upgrader serves the WebSocket transport (see wsSession).
+	upgrader *websocket.Upgrader
+	metrics  terminalMetrics
 
 	anyOrigin bool
 	origins   map[string]struct{}
@@ -138,7 +140,15 @@ func NewTerminal(opts Options, store session.Store, exec Executor) *Terminal {
 	so.CheckOrigin = t.checkOrigin
 	// gorilla's default only allows same-origin; the console may be served
 	// from elsewhere, and the allowlist is the policy.
-	so.WebsocketUpgrader = &websocket.Upgrader{CheckOrigin: t.checkOrigin}
+	so.WebsocketUpgrader = &websocket.Upgrader{
+		CheckOrigin: t.checkOrigin,
+		// A stdout frame goes out in one piece (one write, not a
+		// buffer's worth and then the rest), from a buffer that idle
+		// terminals do not hold.
+		WriteBufferSize: wsWriteBufferSize,
+		WriteBufferPool: &sync.Pool{},
+	}
+	t.upgrader = so.WebsocketUpgrader
 	// One handler for the whole server: the HTTP transports of a session
 	// span many requests, and sockjs-go keeps their state in the handler.
 	t.handler = sockjsgo.NewHandler("", so, t.serveSession)

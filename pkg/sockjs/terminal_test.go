@@ -17,6 +17,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/gorilla/websocket"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/component-base/metrics/legacyregistry"
@@ -356,6 +357,27 @@ func TestExecFailure(t *testing.T) {
 	e.idle()
 }
 
+type podGone struct{}
+
+func (podGone) Error() string        { return "pod team-a/web-0 was deleted; the terminal has ended" }
+func (podGone) Is(target error) bool { return target == ErrPodGone }
+
+func TestPodGoneIsTheReason(t *testing.T) {
+	e := newEnv(t, execFunc(func(context.Context, session.Session, Streams) error { return podGone{} }))
+	before := testutilCounter(t, "console_apiserver_terminal_sessions_ended_total", "pod-gone")
+	c := e.dialWS("alice", testPod, "s1")
+	c.send(bindMsg(e.newSession("alice", testPod, true)))
+	tr := c.readAll()
+	tr.expectFailure(t, "pod team-a/web-0 was deleted; the terminal has ended")
+	if strings.Contains(tr.reason, "exec failed") {
+		t.Fatalf("reported as an exec failure: %q", tr.reason)
+	}
+	e.idle()
+	if after := testutilCounter(t, "console_apiserver_terminal_sessions_ended_total", "pod-gone"); after != before+1 {
+		t.Fatalf("ended{reason=pod-gone} went from %v to %v", before, after)
+	}
+}
+
 func TestExecutorPanicEndsOnlyTheSession(t *testing.T) {
 	e := newEnv(t, execFunc(func(context.Context, session.Session, Streams) error { panic("boom") }))
 	c := e.dialWS("alice", testPod, "s1")
@@ -562,6 +584,49 @@ func TestXHRSendOverLimit(t *testing.T) {
 		t.Fatalf("xhr_send over the limit: %d", code)
 	}
 	collect(t, frames).expectFailure(t, "exceeds the limit")
+	e.idle()
+}
+
+// TestInvalidUTF8IsRefused sends bytes that are not UTF-8, which sockjs-go's
+// JSON decoding would otherwise turn into U+FFFD and type into the command.
+func TestInvalidUTF8IsRefused(t *testing.T) {
+	gotInput := make(chan string, 4)
+	e := newEnv(t, execFunc(func(ctx context.Context, _ session.Session, st Streams) error {
+		buf := make([]byte, 64)
+		if n, _ := st.Stdin.Read(buf); n > 0 {
+			gotInput <- string(buf[:n])
+		}
+		<-ctx.Done()
+		return ctx.Err()
+	}))
+	t.Run("websocket", func(t *testing.T) {
+		c := e.dialWS("alice", testPod, "w1")
+		c.send(bindMsg(e.newSession("alice", testPod, true)))
+		if err := c.conn.WriteMessage(websocket.TextMessage, []byte("[\"{\\\"Op\\\":\\\"stdin\\\",\\\"Data\\\":\\\"a\xffb\\\"}\"]")); err != nil {
+			t.Fatal(err)
+		}
+		c.readAll().expectFailure(t, "not valid UTF-8")
+	})
+	t.Run("xhr_send", func(t *testing.T) {
+		x := e.xhr("alice", testPod, "x1")
+		frames := x.stream()
+		<-frames
+		x.send(bindMsg(e.newSession("alice", testPod, true)))
+		resp, err := x.post("xhr_send", "[\"{\\\"Op\\\":\\\"stdin\\\",\\\"Data\\\":\\\"a\xffb\\\"}\"]")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("xhr_send of invalid UTF-8: %d", resp.StatusCode)
+		}
+		collect(t, frames).expectFailure(t, "not valid UTF-8")
+	})
+	select {
+	case in := <-gotInput:
+		t.Fatalf("the command got input %q", in)
+	default:
+	}
 	e.idle()
 }
 
@@ -850,6 +915,9 @@ func TestStalledXHRStreamingClientIsDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = resp.Body.Close() }()
+	// sockjs-go flushes its prelude before it creates the session: send only
+	// after the open frame, as sockjs-client does, and then stop reading.
+	waitOpenFrame(t, resp.Body)
 	x.send(bindMsg(e.newSession("alice", testPod, true)))
 	select {
 	case err := <-flood.done:
@@ -915,4 +983,26 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("metric console_apiserver_terminal_%s not registered", n)
 		}
 	}
+}
+
+// testutilCounter reads one reason of a counter vector from the registry.
+func testutilCounter(t *testing.T, name, reason string) float64 {
+	t.Helper()
+	families, err := legacyregistry.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

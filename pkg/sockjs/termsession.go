@@ -26,6 +26,7 @@ const (
 	reasonMaxDuration  = "max-duration"
 	reasonShutdown     = "shutdown"
 	reasonExecFailed   = "exec-failed"
+	reasonPodGone      = "pod-gone"
 	reasonProtocol     = "protocol-error"
 )
 
@@ -60,7 +61,7 @@ func failure(reason, text string) outcome { return outcome{reason: reason, text:
 // teardown then waits for the other two.
 type termSession struct {
 	t      *Terminal
-	sess   sockjsgo.Session
+	sess   sockSession
 	info   *attachInfo
 	link   *link // HTTP transports only
 	snd    *sender
@@ -95,7 +96,11 @@ type termSession struct {
 
 // serveSession is the sockjs-go handler func: it runs once per SockJS
 // session, in a goroutine of its own, for as long as the session lives.
-func (t *Terminal) serveSession(s sockjsgo.Session) {
+func (t *Terminal) serveSession(s sockjsgo.Session) { t.serveSockSession(s) }
+
+// serveSockSession runs the terminal of one SockJS session, sockjs-go's or
+// our own WebSocket one.
+func (t *Terminal) serveSockSession(s sockSession) {
 	// The request that opened the session; its context has ended or will
 	// (XHR requests are short), so only its values are used.
 	info, _ := s.Request().Context().Value(attachInfoKey{}).(*attachInfo)
@@ -109,7 +114,7 @@ func (t *Terminal) serveSession(s sockjsgo.Session) {
 	ts.run()
 }
 
-func (t *Terminal) newTermSession(s sockjsgo.Session, info *attachInfo) *termSession {
+func (t *Terminal) newTermSession(s sockSession, info *attachInfo) *termSession {
 	ctx, cancel := context.WithCancel(context.Background())
 	ts := &termSession{
 		t:          t,
@@ -130,16 +135,22 @@ func (t *Terminal) newTermSession(s sockjsgo.Session, info *attachInfo) *termSes
 	ts.snd = newSender(s, ts.link)
 	ts.stdin = newStdinPipe(ts.markStreamUp)
 	ts.sizes = newSizeQueue(ts.markStreamUp)
-	ts.stdout = newStdoutWriter(ts.sendOutput)
-	ts.stderr = newStdoutWriter(ts.sendOutput)
+	if ws, ok := s.(*wsSession); ok {
+		// Frames go out in the wire format, built once (see wsSession).
+		ts.stdout = newWireStdoutWriter(ts.wireOutput(ws))
+		ts.stderr = newWireStdoutWriter(ts.wireOutput(ws))
+	} else {
+		ts.stdout = newStdoutWriter(ts.sendOutput)
+		ts.stderr = newStdoutWriter(ts.sendOutput)
+	}
 	ts.lastActive.Store(ts.opened.UnixNano())
 	return ts
 }
 
 func (ts *termSession) run() {
 	if info := ts.info; info.guard != nil {
-		info.guard.setHandler(func() {
-			ts.violation(fmt.Sprintf("a message exceeds the limit of %d bytes", ts.t.opts.MaxMessageSize))
+		info.guard.setHandler(func(why string) {
+			ts.violation(why)
 			timer := time.NewTimer(tripWait)
 			defer timer.Stop()
 			select {
@@ -329,6 +340,8 @@ func (ts *termSession) runExec(s session.Session) {
 		ts.end(outcome{reason: reasonExited})
 	case errors.As(err, &exitErr):
 		ts.end(outcome{reason: reasonExited, exitCode: exitErr.ExitStatus()})
+	case errors.Is(err, ErrPodGone):
+		ts.end(failure(reasonPodGone, err.Error()))
 	default:
 		// A no-op when the session ended first and the command stopped
 		// because ctx was cancelled.
@@ -366,6 +379,22 @@ func (ts *termSession) sendOutput(frame string, raw int) error {
 	ts.bytesOut.Add(int64(raw))
 	ts.t.metrics.bytesOut.Add(float64(raw))
 	return nil
+}
+
+// wireOutput is the stdout writers' sink over our own WebSocket session:
+// frames arrive in the wire format and are written through at once, so a
+// slow client slows the command down (back-pressure), as with sendOutput.
+func (ts *termSession) wireOutput(ws *wsSession) wireSender {
+	return func(frame []byte, raw int) error {
+		ts.markStreamUp()
+		if err := ws.writeFrame(frame); err != nil {
+			return fmt.Errorf("terminal output: %w", err)
+		}
+		ts.touch()
+		ts.bytesOut.Add(int64(raw))
+		ts.t.metrics.bytesOut.Add(float64(raw))
+		return nil
+	}
 }
 
 // teardown runs after end: it tells the client, closes the SockJS session,

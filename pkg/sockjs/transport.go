@@ -7,8 +7,6 @@ import (
 	"net/http"
 	"sync"
 	"time"
-
-	sockjsgo "github.com/igm/sockjs-go/v3/sockjs"
 )
 
 // sendBudget bounds what a session has queued in sockjs-go while no HTTP
@@ -255,7 +253,7 @@ func countMessages(frame []byte) int {
 // link sees them written, and past sendBudget holds further stdout until
 // the client takes some.
 type sender struct {
-	sess sockjsgo.Session
+	sess sockSession
 	link *link // nil for WebSocket
 
 	mu     sync.Mutex
@@ -264,7 +262,7 @@ type sender struct {
 	acked  uint64 // link.written already taken into account
 }
 
-func newSender(sess sockjsgo.Session, l *link) *sender {
+func newSender(sess sockSession, l *link) *sender {
 	s := &sender{sess: sess, link: l}
 	if l != nil {
 		s.acked = l.writtenCount()

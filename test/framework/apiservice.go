@@ -24,23 +24,43 @@ type AggregatedServer struct {
 	CABundle           []byte
 }
 
-// ServingCert issues a serving certificate an aggregated server on loopback
-// can present to the aggregator: it names <service>.<namespace>.svc (what the
+// ServingCert returns the serving certificate of a Service for aggregated
+// servers on loopback: it names <service>.<namespace>.svc (what the
 // aggregator verifies), localhost and 127.0.0.1. It returns the pair and the
-// CA bundle for the APIService. Files go to the plane's pki dir.
+// CA bundle for the APIService. One pair per Service per plane: every
+// server (replica) behind one APIService presents it, and its files never
+// change under a running server (which would reload them).
 func (cp *ControlPlane) ServingCert(service, namespace string) (*KeyPair, []byte, error) {
+	cp.certsMu.Lock()
+	defer cp.certsMu.Unlock()
+	key := service + "." + namespace
+	if c, ok := cp.servingCerts[key]; ok {
+		return c.pair, c.caBundle, nil
+	}
 	dir := filepath.Join(cp.Dir, "pki")
 	ca, err := NewCA(dir, service+"-"+namespace+"-ca")
 	if err != nil {
 		return nil, nil, err
 	}
-	host := service + "." + namespace + ".svc"
+	host := key + ".svc"
 	kp, err := ca.Issue(dir, service+"-"+namespace+"-serving", CertSpec{
 		CommonName: host, Server: true,
 		DNSNames: []string{host, host + ".cluster.local", "localhost"},
 		IPs:      []net.IP{net.ParseIP("127.0.0.1")},
 	})
-	return kp, ca.CertPEM, err
+	if err != nil {
+		return nil, nil, err
+	}
+	if cp.servingCerts == nil {
+		cp.servingCerts = map[string]servingCert{}
+	}
+	cp.servingCerts[key] = servingCert{pair: kp, caBundle: ca.CertPEM}
+	return kp, ca.CertPEM, nil
+}
+
+type servingCert struct {
+	pair     *KeyPair
+	caBundle []byte
 }
 
 // RegisterAPIService routes Group/Version to a server on loopback: an

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -68,6 +69,9 @@ type ControlPlane struct {
 	apiserver  *Process
 	kwok       *Process
 	etcdURL    string
+
+	certsMu      sync.Mutex
+	servingCerts map[string]servingCert
 }
 
 // Start brings up etcd, kube-apiserver and a kwok node, and returns once a pod

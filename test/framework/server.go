@@ -37,8 +37,14 @@ func (cp *ControlPlane) RunConsoleServer(ctx context.Context, name string, extra
 	if err != nil {
 		return nil, err
 	}
+	return cp.RunPreparedConsoleServer(ctx, prep)
+}
+
+// RunPreparedConsoleServer runs a prepared server in this process and points
+// the APIService at it (several servers of one plane can take turns).
+func (cp *ControlPlane) RunPreparedConsoleServer(ctx context.Context, prep *ConsoleServer) (*RunningServer, error) {
 	o := app.NewOptions()
-	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs := pflag.NewFlagSet("console-apiserver", pflag.ContinueOnError)
 	for _, f := range o.Flags().FlagSets {
 		fs.AddFlagSet(f)
 	}

@@ -3,10 +3,14 @@ package app
 import (
 	"fmt"
 	"net"
+	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/sets"
 	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
+	apirequest "k8s.io/apiserver/pkg/endpoints/request"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	genericfilters "k8s.io/apiserver/pkg/server/filters"
 	genericoptions "k8s.io/apiserver/pkg/server/options"
@@ -19,6 +23,7 @@ import (
 
 	"github.com/kubecube-io/console-apiserver/pkg/apiserver"
 	"github.com/kubecube-io/console-apiserver/pkg/generated/openapi"
+	"github.com/kubecube-io/console-apiserver/pkg/peers"
 	"github.com/kubecube-io/console-apiserver/pkg/session"
 	"github.com/kubecube-io/console-apiserver/pkg/sockjs"
 )
@@ -48,6 +53,52 @@ type Options struct {
 	Terminal sockjs.Options
 	// DrainTimeout bounds the wait for terminals at shutdown.
 	DrainTimeout time.Duration
+	// ShutdownDelay keeps serving, not ready, before draining at shutdown.
+	ShutdownDelay time.Duration
+
+	// ScaleOut configures running as one of several replicas.
+	ScaleOut ScaleOutOptions
+}
+
+// ScaleOutOptions let replicas share sessions: a session store on
+// kube-apiserver, and forwarding of the SockJS fallback transports between
+// replicas (see docs/scale-out.md).
+type ScaleOutOptions struct {
+	// SessionStore is "memory" (one replica) or "kube" (any number).
+	SessionStore string
+	// SessionNamespace holds the sessions' Secrets and the routing Leases.
+	SessionNamespace string
+	// PeerAddress is host:port where other replicas reach this one.
+	PeerAddress string
+	// PeerCAFile verifies the other replicas' serving certificates, for
+	// PeerServerName (default console-apiserver.<namespace>.svc).
+	PeerCAFile     string
+	PeerServerName string
+	// PeerIdentities may forward terminal requests here (default: this
+	// server's own user name).
+	PeerIdentities []string
+	// ReplicaName names this replica in logs and Leases (default: the host
+	// name, which is the pod's name).
+	ReplicaName string
+	// GoawayChance is the probability of asking an HTTP/2 client (the
+	// aggregator) to reconnect after a request.
+	GoawayChance float64
+}
+
+// Session stores.
+const (
+	SessionStoreMemory = "memory"
+	SessionStoreKube   = "kube"
+)
+
+// defaultSessionNamespace is the pod's own namespace when in a pod.
+func defaultSessionNamespace() string {
+	if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil {
+		if ns := strings.TrimSpace(string(b)); ns != "" {
+			return ns
+		}
+	}
+	return "kubecube-console"
 }
 
 // NewOptions returns the defaults.
@@ -64,10 +115,18 @@ func NewOptions() *Options {
 		DrainTimeout:   10 * time.Second,
 
 		MemberClustersResync: 10 * time.Second,
+
+		ScaleOut: ScaleOutOptions{SessionStore: SessionStoreMemory, SessionNamespace: defaultSessionNamespace()},
 	}
 	o.SecureServing.BindPort = 6443
-	// Every request must name a user: terminals are never anonymous.
-	o.Authentication.Anonymous.Enabled = false
+	// Requests without credentials are authenticated as system:anonymous:
+	// DelegatingAuthenticationOptions.ApplyTo ignores its Anonymous field
+	// (setting it false did nothing), and the Deployment's probes need
+	// /healthz, /livez and /readyz, which are always allowed, without
+	// credentials. Everything else is authorized by kube-apiserver
+	// (SubjectAccessReview), whose RBAC grants anonymous nothing here, and
+	// the terminal refuses anonymous callers itself (401) even where RBAC
+	// grants them pods/attach.
 	// Priority and fairness would need informers on kube-apiserver's
 	// flowcontrol API; the max-in-flight limits suit a server this small,
 	// and long-running attach requests are exempt from them.
@@ -86,7 +145,7 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	logsapi.AddFlags(o.Logs, fss.FlagSet("logs"))
 
 	fs := fss.FlagSet("console")
-	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig of the cluster to open terminals in (default: in-cluster config). Its identity needs to impersonate users, groups, uids and userextras, get pods and create subjectaccessreviews.")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig of the cluster to open terminals in (default: in-cluster config). Its identity needs to impersonate users, groups, uids and userextras, get and watch pods, and create subjectaccessreviews.")
 	fs.StringVar(&o.MemberClustersDir, "member-clusters-dir", o.MemberClustersDir, "Directory of member-cluster kubeconfigs, one <cluster>.kubeconfig per member (e.g. a mounted Secret). spec.cluster names them; changes apply without a restart. Each kubeconfig's identity needs the same rights in its cluster as --kubeconfig's.")
 	fs.DurationVar(&o.MemberClustersResync, "member-clusters-resync", o.MemberClustersResync, "How often --member-clusters-dir is reread.")
 	fs.DurationVar(&o.Sessions.TTL, "session-ttl", o.Sessions.TTL, "How long a created session may wait to be bound.")
@@ -99,6 +158,18 @@ func (o *Options) Flags() cliflag.NamedFlagSets {
 	fs.IntVar(&o.Terminal.MaxMessageSize, "max-message-size", o.Terminal.MaxMessageSize, "Largest client frame, in bytes.")
 	fs.StringSliceVar(&o.Terminal.AllowedOrigins, "allowed-origins", o.Terminal.AllowedOrigins, "Origins a browser may open terminals from (scheme://host[:port], or * for any). Requests without an Origin header (non-browser clients) are always allowed.")
 	fs.DurationVar(&o.DrainTimeout, "shutdown-drain-timeout", o.DrainTimeout, "At shutdown, how long to wait for terminals to end after telling their clients.")
+	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay-duration", o.ShutdownDelay, "At shutdown, how long to go on serving, terminals included, with /readyz failing, before telling clients and draining: time for load balancers to stop sending new connections. This plus --shutdown-drain-timeout must fit in the pod's termination grace period.")
+
+	so := &o.ScaleOut
+	fs = fss.FlagSet("scale-out")
+	fs.StringVar(&so.SessionStore, "session-store", so.SessionStore, "Where sessions wait to be bound: memory (one replica only) or kube (Secrets in --session-namespace, so that a session created on one replica binds on any; SockJS fallback transports are then forwarded to the replica holding their session). kube needs --peer-address and --peer-ca-file.")
+	fs.StringVar(&so.SessionNamespace, "session-namespace", so.SessionNamespace, "Namespace of the session Secrets and routing Leases (in a pod: the pod's namespace). The server needs get, list, create, delete on secrets and leases there, and update on leases.")
+	fs.StringVar(&so.PeerAddress, "peer-address", so.PeerAddress, "host:port where the other replicas reach this one's secure port, e.g. $(POD_IP):8443.")
+	fs.StringVar(&so.PeerCAFile, "peer-ca-file", so.PeerCAFile, "CA bundle that verifies the other replicas' serving certificates (the CA of --tls-cert-file).")
+	fs.StringVar(&so.PeerServerName, "peer-server-name", so.PeerServerName, "Name the other replicas' serving certificates must hold (default: console-apiserver.<session-namespace>.svc, the name the APIService dials).")
+	fs.StringSliceVar(&so.PeerIdentities, "peer-identities", so.PeerIdentities, "User names allowed to forward terminal requests to this replica (default: this server's own, from a SelfSubjectReview). They also need RBAC for the non-resource URL "+peers.InternalPrefix+"*.")
+	fs.StringVar(&so.ReplicaName, "replica-name", so.ReplicaName, "Name of this replica in logs and Leases (default: the host name).")
+	fs.Float64Var(&so.GoawayChance, "goaway-chance", so.GoawayChance, "Probability of sending an HTTP/2 GOAWAY after a request, so that the aggregator's long-lived connection is reopened and a layer-4 load balancer spreads requests over replicas (0 disables; 0.001-0.02 suits production, as for kube-apiserver's flag of that name).")
 	return fss
 }
 
@@ -122,6 +193,10 @@ func (o *Options) Validate() []error {
 	if o.Terminal.BindTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--bind-timeout must be positive"))
 	}
+	if o.ShutdownDelay < 0 {
+		errs = append(errs, fmt.Errorf("--shutdown-delay-duration must not be negative"))
+	}
+	errs = append(errs, o.ScaleOut.validate()...)
 	return errs
 }
 
@@ -132,9 +207,16 @@ func (o *Options) genericConfig() (*genericapiserver.Config, error) {
 	}
 	cfg := genericapiserver.NewConfig(apiserver.Codecs)
 	cfg.EffectiveVersion = utilcompatibility.DefaultBuildEffectiveVersion()
+	cfg.ShutdownDelayDuration = o.ShutdownDelay
 	// Terminals outlive any request timeout: attach is long-running here as
 	// it is in kube-apiserver.
-	cfg.LongRunningFunc = genericfilters.BasicLongRunningRequestCheck(sets.NewString("watch"), sets.NewString("attach"))
+	// So are the attach requests replicas forward to each other, on a
+	// non-resource path.
+	longRunning := genericfilters.BasicLongRunningRequestCheck(sets.NewString("watch"), sets.NewString("attach"))
+	cfg.LongRunningFunc = func(r *http.Request, ri *apirequest.RequestInfo) bool {
+		return longRunning(r, ri) || (ri != nil && !ri.IsResourceRequest && peers.IsInternalPath(ri.Path))
+	}
+	cfg.GoawayChance = o.ScaleOut.GoawayChance
 
 	namer := openapinamer.NewDefinitionNamer(apiserver.Scheme)
 	cfg.OpenAPIConfig = genericapiserver.DefaultOpenAPIConfig(openapi.GetOpenAPIDefinitions, namer)
@@ -180,4 +262,27 @@ func (o *Options) clusterConfig() (*rest.Config, error) {
 	// client-go's default 5 QPS would queue a burst of users.
 	cfg.QPS, cfg.Burst = 100, 200
 	return cfg, nil
+}
+
+func (so *ScaleOutOptions) validate() []error {
+	var errs []error
+	switch so.SessionStore {
+	case SessionStoreMemory:
+	case SessionStoreKube:
+		if so.SessionNamespace == "" {
+			errs = append(errs, fmt.Errorf("--session-store=kube needs --session-namespace"))
+		}
+		if _, port, err := net.SplitHostPort(so.PeerAddress); err != nil || port == "" {
+			errs = append(errs, fmt.Errorf("--session-store=kube needs --peer-address=host:port where other replicas reach this one (got %q)", so.PeerAddress))
+		}
+		if so.PeerCAFile == "" {
+			errs = append(errs, fmt.Errorf("--session-store=kube needs --peer-ca-file to verify the other replicas"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--session-store must be %s or %s, not %q", SessionStoreMemory, SessionStoreKube, so.SessionStore))
+	}
+	if so.GoawayChance < 0 || so.GoawayChance > 1 {
+		errs = append(errs, fmt.Errorf("--goaway-chance must be between 0 and 1"))
+	}
+	return errs
 }

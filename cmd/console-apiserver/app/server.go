@@ -4,10 +4,13 @@ package app
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	genericapiserver "k8s.io/apiserver/pkg/server"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	cliflag "k8s.io/component-base/cli/flag"
 	"k8s.io/component-base/term"
 	"k8s.io/component-base/version"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/kubecube-io/console-apiserver/pkg/apiserver"
 	"github.com/kubecube-io/console-apiserver/pkg/clusters"
+	"github.com/kubecube-io/console-apiserver/pkg/peers"
 	"github.com/kubecube-io/console-apiserver/pkg/podexec"
 	"github.com/kubecube-io/console-apiserver/pkg/session"
 	"github.com/kubecube-io/console-apiserver/pkg/sockjs"
@@ -80,19 +84,46 @@ func NewServer(o *Options) (*apiserver.Server, error) {
 			klog.ErrorS(err, "Loading member clusters")
 		}
 	}
-	store := session.NewMemoryStore(o.Sessions, nil)
+	var (
+		store     session.Store
+		kubeStore *session.KubeStore
+		home      kubernetes.Interface
+	)
+	if o.ScaleOut.SessionStore == SessionStoreKube {
+		// Its own client, so that store calls do not queue behind pod
+		// lookups in client-go's rate limiter, nor the reverse.
+		if home, err = kubernetes.NewForConfig(local); err != nil {
+			return nil, err
+		}
+		kubeStore = session.NewKubeStore(home.CoreV1().Secrets(o.ScaleOut.SessionNamespace), o.Sessions, nil)
+		store = kubeStore
+	} else {
+		store = session.NewMemoryStore(o.Sessions, nil)
+	}
+	terminal := sockjs.NewTerminal(o.Terminal, store, podexec.New(reg))
 	cfg := &apiserver.Config{
 		Generic: generic,
 		Extra: apiserver.ExtraConfig{
 			Clusters:     reg,
 			Store:        store,
-			Terminal:     sockjs.NewTerminal(o.Terminal, store, podexec.New(reg)),
+			Terminal:     terminal,
 			DrainTimeout: o.DrainTimeout,
 		},
+	}
+	if kubeStore != nil {
+		if cfg.Extra.Peers, err = o.newPeers(home, local, terminal); err != nil {
+			return nil, err
+		}
 	}
 	s, err := cfg.New()
 	if err != nil {
 		return nil, fmt.Errorf("building the server: %w", err)
+	}
+	if kubeStore != nil {
+		s.Generic.AddPostStartHookOrDie("session-sweeper", func(ctx genericapiserver.PostStartHookContext) error {
+			go kubeStore.RunSweeper(ctx, 0)
+			return nil
+		})
 	}
 	if members != nil {
 		s.Generic.AddPostStartHookOrDie("member-clusters-resync", func(ctx genericapiserver.PostStartHookContext) error {
@@ -101,4 +132,38 @@ func NewServer(o *Options) (*apiserver.Server, error) {
 		})
 	}
 	return s, nil
+}
+
+// newPeers configures forwarding between replicas: this replica's identity
+// towards the others is its own token in the home cluster.
+func (o *Options) newPeers(home kubernetes.Interface, local *rest.Config, terminal *sockjs.Terminal) (*peers.Peers, error) {
+	so := o.ScaleOut
+	token, err := peers.TokenFrom(local)
+	if err != nil {
+		return nil, err
+	}
+	cas, err := peers.LoadCAs(so.PeerCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("--peer-ca-file: %w", err)
+	}
+	serverName := so.PeerServerName
+	if serverName == "" {
+		serverName = "console-apiserver." + so.SessionNamespace + ".svc"
+	}
+	// A SockJS session lives at most the disconnect delay without a
+	// receiving request, and the terminal lingers up to twice that to
+	// deliver its last frames; past both, with margin, it is over.
+	grace := 3*o.Terminal.DisconnectDelay + 5*time.Second
+	return peers.New(peers.Config{
+		Client:      home,
+		Namespace:   so.SessionNamespace,
+		ReplicaName: so.ReplicaName,
+		Address:     so.PeerAddress,
+		RootCAs:     cas,
+		ServerName:  serverName,
+		Token:       token,
+		Identities:  so.PeerIdentities,
+		Local:       terminal.ServeAttach,
+		Grace:       grace,
+	})
 }
