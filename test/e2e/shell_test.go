@@ -335,15 +335,7 @@ func TestXHRStreamingFallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer term.Close()
-	// The session exists once the streaming request is in; retry the first
-	// send until it is.
-	for i := 0; ; i++ {
-		if err = term.Bind(s.Status.ID); err == nil || i == 50 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
+	if err := term.Bind(s.Status.ID); err != nil {
 		t.Fatal(err)
 	}
 	if err := term.Stdin("echo over-xhr-$((2*21))\n"); err != nil {

@@ -46,6 +46,7 @@ type Terminal struct {
 	pongs    int
 	closed   *Closed
 	done     chan struct{}
+	opened   chan struct{}
 	cancel   context.CancelFunc
 }
 
@@ -86,6 +87,7 @@ func OpenTerminal(ctx context.Context, cfg *rest.Config, namespace, pod string, 
 		http:      client,
 		header:    o.Header.Clone(),
 		done:      make(chan struct{}),
+		opened:    make(chan struct{}),
 		cancel:    cancel,
 	}
 	if t.header == nil {
@@ -149,6 +151,15 @@ func (t *Terminal) SendRaw(msg string) error {
 		t.wsMu.Lock()
 		defer t.wsMu.Unlock()
 		return t.ws.WriteMessage(websocket.TextMessage, body)
+	}
+	// Like sockjs-client, send only once the session is open: the server
+	// creates it while answering the first receiving request.
+	select {
+	case <-t.opened:
+	case <-t.done:
+		return errors.New("the session ended before it opened")
+	case <-time.After(30 * time.Second):
+		return errors.New("the session did not open within 30s")
 	}
 	req, err := http.NewRequest(http.MethodPost, t.base+"/xhr_send", bytes.NewReader(body))
 	if err != nil {
@@ -243,7 +254,13 @@ func (t *Terminal) finish(c *Closed) {
 // handleFrame handles one SockJS frame; it returns true on a close frame.
 func (t *Terminal) handleFrame(frame string) bool {
 	switch {
-	case frame == "o" || frame == "h" || frame == "":
+	case frame == "o":
+		select {
+		case <-t.opened:
+		default:
+			close(t.opened)
+		}
+	case frame == "h" || frame == "":
 	case strings.HasPrefix(frame, "a"):
 		var msgs []string
 		if err := json.Unmarshal([]byte(frame[1:]), &msgs); err != nil {
