@@ -2,14 +2,11 @@ package peers
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"net/http"
 	"regexp"
 	"slices"
-	"strconv"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -66,39 +63,9 @@ func routedTransport(method, subpath string) (transport, segment string, receivi
 // key it includes the caller and the pod, so no caller can reach, or claim
 // ownership of, a session keyed for another.
 func routeKey(id session.Identity, namespace, pod, segment string) string {
-	h := sha256.New()
-	field := func(s string) {
-		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
-		h.Write(n[:])
-		h.Write([]byte(s))
-	}
-	field(id.Name)
-	field(id.UID)
-	groups := slices.Sorted(slices.Values(id.Groups))
-	field(strconv.Itoa(len(groups)))
-	for _, g := range groups {
-		field(g)
-	}
-	keys := make([]string, 0, len(id.Extra))
-	for k := range id.Extra {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	field(strconv.Itoa(len(keys)))
-	for _, k := range keys {
-		field(k)
-		vals := slices.Sorted(slices.Values(id.Extra[k]))
-		field(strconv.Itoa(len(vals)))
-		for _, v := range vals {
-			field(v)
-		}
-	}
-	field(namespace)
-	field(pod)
-	field(segment)
+	sum := id.Digest(namespace, pod, segment)
 	// 128 bits, as a Lease name part.
-	return hex.EncodeToString(h.Sum(nil)[:16])
+	return hex.EncodeToString(sum[:16])
 }
 
 // ServeAttach serves an attach request here or forwards it to the replica

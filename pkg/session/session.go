@@ -8,10 +8,13 @@
 package session
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"time"
 
 	"k8s.io/apiserver/pkg/authentication/user"
@@ -154,4 +157,41 @@ func (e *LimitError) Error() string {
 func IsLimit(err error) bool {
 	var le *LimitError
 	return errors.As(err, &le)
+}
+
+// Digest hashes the identity and then parts, each length-prefixed, with
+// groups and extra in a canonical order (Equal ignores their order too).
+// Keys derived from it, such as the SockJS session keys, can only ever be
+// reached again by the same identity.
+func (i Identity) Digest(parts ...string) [sha256.Size]byte {
+	h := sha256.New()
+	field := func(s string) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	field(i.Name)
+	field(i.UID)
+	groups := slices.Sorted(slices.Values(i.Groups))
+	field(strconv.Itoa(len(groups)))
+	for _, g := range groups {
+		field(g)
+	}
+	keys := slices.Sorted(maps.Keys(i.Extra))
+	field(strconv.Itoa(len(keys)))
+	for _, k := range keys {
+		field(k)
+		vals := slices.Sorted(slices.Values(i.Extra[k]))
+		field(strconv.Itoa(len(vals)))
+		for _, v := range vals {
+			field(v)
+		}
+	}
+	for _, p := range parts {
+		field(p)
+	}
+	var sum [sha256.Size]byte
+	copy(sum[:], h.Sum(nil))
+	return sum
 }

@@ -3,8 +3,6 @@ package sockjs
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -176,39 +174,7 @@ func (t *Terminal) sessionOf(key string) *termSession {
 // the key from the caller and the pod too means a request can only ever
 // reach sessions opened by the same identity for the same pod.
 func sessionKey(id session.Identity, namespace, pod, segment string) string {
-	h := sha256.New()
-	field := func(s string) {
-		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
-		h.Write(n[:])
-		h.Write([]byte(s))
-	}
-	field(id.Name)
-	field(id.UID)
-	// Order-insensitive, as session.Identity.Equal is.
-	groups := slices.Sorted(slices.Values(id.Groups))
-	field(fmt.Sprint(len(groups)))
-	for _, g := range groups {
-		field(g)
-	}
-	keys := make([]string, 0, len(id.Extra))
-	for k := range id.Extra {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	field(fmt.Sprint(len(keys)))
-	for _, k := range keys {
-		field(k)
-		vals := slices.Sorted(slices.Values(id.Extra[k]))
-		field(fmt.Sprint(len(vals)))
-		for _, v := range vals {
-			field(v)
-		}
-	}
-	field(namespace)
-	field(pod)
-	field(segment)
-	sum := h.Sum(nil)
+	sum := id.Digest(namespace, pod, segment)
 	// 128 bits: a collision would take 2^64 sessions.
 	return hex.EncodeToString(sum[:16]) + "-" + segment
 }
