@@ -56,6 +56,10 @@ test-fuzz: ## Short fuzz runs of the frame decoder and session lookup.
 test-e2e: ## Tests through the real chain: kube-apiserver, aggregator, kwok node, Chromium.
 	$(GO_TEST) -count=1 -timeout=20m -p=1 $(E2E_PKGS)
 
+.PHONY: bench
+bench: tools ## Benchmarks: console vs direct exec vs a raw aggregated hop, one plane (BENCH_FLAGS=-quick: smoke run; see docs/benchmarks.md).
+	go run ./test/bench/cmd/bench $(BENCH_FLAGS)
+
 .PHONY: codegen
 codegen: ## Regenerate deepcopy, conversion, defaults, OpenAPI and the clientset.
 	hack/update-codegen.sh

@@ -28,6 +28,8 @@ import (
 	"k8s.io/client-go/tools/remotecommand"
 	"k8s.io/client-go/transport/spdy"
 	utilexec "k8s.io/client-go/util/exec"
+
+	"github.com/kubecube-io/console-apiserver/pkg/sockjs"
 )
 
 // streamExecutor runs one exec: client-go's SPDY executor, or ours.
@@ -90,8 +92,9 @@ func usesProxy(cfg *rest.Config, u *url.URL) bool {
 //
 // Here the caller's goroutine reads the connection and writes each frame's
 // output straight to the terminal (consecutive frames that have already
-// arrived go out together); stdin and resizes are written by one goroutine
-// each; pings are a timer. Header blocks are sent as stored (uncompressed)
+// arrived go out together); the terminal's reader writes keystrokes and
+// resizes to the connection itself (sockjs.StdinPusher, ResizePusher; other
+// streams get a goroutine each, as with client-go); pings are a timer. Header blocks are sent as stored (uncompressed)
 // deflate blocks, which any zlib reader takes, so there is no compressor at
 // all, and the server's header blocks (it sends only empty replies) are
 // skipped unread. SPDY flow control is not used by Kubernetes' SPDY peers
@@ -108,7 +111,7 @@ type spdyExecutor struct {
 }
 
 func newSPDYExecutor(cfg *rest.Config, u *url.URL) (*spdyExecutor, error) {
-	tlsConfig, err := rest.TLSConfigFor(cfg)
+	tlsConfig, err := tlsConfigs.get(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -117,6 +120,61 @@ func newSPDYExecutor(cfg *rest.Config, u *url.URL) (*spdyExecutor, error) {
 		return nil, err
 	}
 	return &spdyExecutor{url: u, tlsConfig: tlsConfig, wrap: wrap}, nil
+}
+
+// tlsConfigs shares TLS configurations between execs to the same cluster:
+// building one parses the CA bundle and makes a certificate pool, which
+// every connection would otherwise keep a copy of. Entries are rebuilt
+// after a minute, so that rotated files are read again.
+var tlsConfigs = &tlsConfigCache{entries: map[tlsConfigKey]tlsConfigEntry{}}
+
+const tlsConfigTTL = time.Minute
+
+type tlsConfigKey struct {
+	insecure                  bool
+	serverName, nextProtos    string
+	certFile, keyFile, caFile string
+	certData, keyData, caData string
+}
+
+type tlsConfigEntry struct {
+	cfg     *tls.Config
+	created time.Time
+}
+
+type tlsConfigCache struct {
+	mu      sync.Mutex
+	entries map[tlsConfigKey]tlsConfigEntry
+}
+
+func (c *tlsConfigCache) get(cfg *rest.Config) (*tls.Config, error) {
+	if cfg.ExecProvider != nil || cfg.AuthProvider != nil || cfg.Dial != nil || cfg.WrapTransport != nil {
+		// Certificates may come from callbacks: build afresh.
+		return rest.TLSConfigFor(cfg)
+	}
+	t := cfg.TLSClientConfig
+	key := tlsConfigKey{
+		insecure: t.Insecure, serverName: t.ServerName, nextProtos: strings.Join(t.NextProtos, ","),
+		certFile: t.CertFile, keyFile: t.KeyFile, caFile: t.CAFile,
+		certData: string(t.CertData), keyData: string(t.KeyData), caData: string(t.CAData),
+	}
+	c.mu.Lock()
+	e, ok := c.entries[key]
+	c.mu.Unlock()
+	if ok && time.Since(e.created) < tlsConfigTTL {
+		return e.cfg, nil
+	}
+	tc, err := rest.TLSConfigFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if len(c.entries) > 64 {
+		clear(c.entries) // many clusters, or churn: start over
+	}
+	c.entries[key] = tlsConfigEntry{cfg: tc, created: time.Now()}
+	c.mu.Unlock()
+	return tc, nil
 }
 
 // mirrorRequest ends a round tripper chain: it returns the request as the
@@ -202,10 +260,19 @@ func (e *spdyExecutor) StreamWithContext(ctx context.Context, o remotecommand.St
 	}
 
 	if ids.stdin != 0 {
-		go c.copyStdin(ids.stdin, o.Stdin)
+		if ps, ok := o.Stdin.(sockjs.StdinPusher); ok {
+			// Keystrokes are written by the terminal's reader.
+			_ = ps.PushTo(stdinWriter{c: c, id: ids.stdin}.send)
+		} else {
+			go c.copyStdin(ids.stdin, o.Stdin)
+		}
 	}
 	if ids.resize != 0 && o.TerminalSizeQueue != nil {
-		go c.sendResizes(ids.resize, o.TerminalSizeQueue)
+		if rp, ok := o.TerminalSizeQueue.(sockjs.ResizePusher); ok {
+			rp.PushTo(func(size remotecommand.TerminalSize) error { return c.resize(ids.resize, size) })
+		} else {
+			go c.sendResizes(ids.resize, o.TerminalSizeQueue)
+		}
 	}
 	c.schedulePing()
 
@@ -527,18 +594,25 @@ func (w stdinWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// sendResizes sends each terminal size as client-go does: JSON, one per line.
+func (w stdinWriter) send(p []byte) error {
+	_, err := w.Write(p)
+	return err
+}
+
+// sendResizes sends each terminal size until the queue ends.
 func (c *spdyConn) sendResizes(id uint32, q remotecommand.TerminalSizeQueue) {
 	for {
 		size := q.Next()
-		if size == nil {
-			return
-		}
-		b, _ := json.Marshal(size)
-		if c.data(id, append(b, '\n'), false) != nil {
+		if size == nil || c.resize(id, *size) != nil {
 			return
 		}
 	}
+}
+
+// resize sends a terminal size as client-go does: JSON, one per line.
+func (c *spdyConn) resize(id uint32, size remotecommand.TerminalSize) error {
+	b, _ := json.Marshal(size)
+	return c.data(id, append(b, '\n'), false)
 }
 
 // readLoop reads frames until stdout and stderr have ended and the status

@@ -399,3 +399,81 @@ func TestSPDYExecUpgradeRefused(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// pusher is a terminal's stdin and size queue as sockjs makes them: the
+// executor is given a sink rather than reading.
+type pusher struct {
+	mu     sync.Mutex
+	send   func([]byte) error
+	resize func(remotecommand.TerminalSize) error
+	ready  chan struct{}
+}
+
+func (p *pusher) Read([]byte) (int, error) { select {} }
+func (p *pusher) Next() *remotecommand.TerminalSize {
+	select {}
+}
+func (p *pusher) PushTo(send func([]byte) error) error {
+	p.mu.Lock()
+	p.send = send
+	p.mu.Unlock()
+	close(p.ready)
+	return send([]byte("typed early "))
+}
+
+type sizePusher struct{ *pusher }
+
+func (s sizePusher) PushTo(send func(remotecommand.TerminalSize) error) {
+	_ = send(remotecommand.TerminalSize{Width: 132, Height: 43})
+}
+
+func TestSPDYExecPushedKeystrokesAndSizes(t *testing.T) {
+	resized := make(chan string, 1)
+	cfg := startKubelet(t, &fakeKubelet{script: func(s *kubeletStreams) {
+		go func() {
+			var size remotecommand.TerminalSize
+			if json.NewDecoder(s.resize).Decode(&size) == nil {
+				resized <- fmt.Sprintf("%dx%d", size.Width, size.Height)
+			}
+		}()
+		buf := make([]byte, 1024)
+		var got []byte
+		for !bytes.HasSuffix(got, []byte("q")) {
+			n, err := s.stdin.Read(buf)
+			got = append(got, buf[:n]...)
+			if err != nil {
+				return
+			}
+		}
+		_, _ = s.stdout.Write(got)
+		s.end(0)
+	}})
+	exec, err := newSPDYExecutor(cfg, execURL(cfg, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &pusher{ready: make(chan struct{})}
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- exec.StreamWithContext(context.Background(), remotecommand.StreamOptions{Stdin: p, Stdout: &out, Tty: true, TerminalSizeQueue: sizePusher{p}})
+	}()
+	<-p.ready
+	p.mu.Lock()
+	send := p.send
+	p.mu.Unlock()
+	for _, k := range []string{"a", "b", "q"} {
+		if err := send([]byte(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "typed early abq" {
+		t.Fatalf("output %q", out.String())
+	}
+	if got := <-resized; got != "132x43" {
+		t.Fatalf("size %s", got)
+	}
+}

@@ -19,6 +19,11 @@ type sizeQueue struct {
 	done    chan struct{}
 	onFirst func() // called once, when the exec stream first asks for a size
 	asked   bool
+
+	// send, once an executor has called PushTo, takes sizes instead of
+	// Next; sending is set while a goroutine is at it (see kick).
+	send    func(remotecommand.TerminalSize) error
+	sending bool
 }
 
 var _ remotecommand.TerminalSizeQueue = (*sizeQueue)(nil)
@@ -35,7 +40,12 @@ func (q *sizeQueue) push(cols, rows uint16) {
 		return
 	}
 	q.latest = &remotecommand.TerminalSize{Width: cols, Height: rows}
+	pushed := q.send != nil
 	q.mu.Unlock()
+	if pushed {
+		q.kick()
+		return
+	}
 	select {
 	case q.wake <- struct{}{}:
 	default: // a wake-up is already pending; it will see the latest size

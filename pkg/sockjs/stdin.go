@@ -21,6 +21,11 @@ type stdinPipe struct {
 	closed  bool
 	onFirst func() // called once, when the exec stream first reads
 	read    bool
+
+	// sink, once an executor has called PushTo, takes keystrokes instead
+	// of buf; sinkMu keeps them in order.
+	sink   func([]byte) error
+	sinkMu sync.Mutex
 }
 
 func newStdinPipe(onFirst func()) *stdinPipe {
@@ -32,6 +37,13 @@ func newStdinPipe(onFirst func()) *stdinPipe {
 // write queues b, waiting while the buffer is full. It fails once closed.
 func (p *stdinPipe) write(b []byte) error {
 	p.mu.Lock()
+	if sink := p.sink; sink != nil && !p.closed {
+		p.mu.Unlock()
+		p.sinkMu.Lock()
+		_ = sink(b) // a failed stream ends the session; drop the keys
+		p.sinkMu.Unlock()
+		return nil
+	}
 	defer p.mu.Unlock()
 	for len(b) > 0 {
 		for !p.closed && len(p.buf)-p.off >= stdinLimit {
@@ -121,6 +133,7 @@ func (p *stdinPipe) WriteTo(w io.Writer) (int64, error) {
 func (p *stdinPipe) close() {
 	p.mu.Lock()
 	p.closed = true
+	p.sink = nil
 	p.buf, p.off = nil, 0
 	p.mu.Unlock()
 	p.cond.Broadcast()

@@ -2,6 +2,7 @@ package sockjs
 
 import (
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -176,3 +177,44 @@ func TestAppendEscapedEveryByte(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkFramePath compares what a stdout frame costs on its way to a
+// WebSocket: before, a string frame handed to sockjs-go, which quotes it
+// with json.Marshal, formats it into "a[...]" and converts it to bytes for
+// gorilla; now, the wire frame built once in a pooled buffer.
+func BenchmarkFramePath(b *testing.B) {
+	sockjsGo := func(frame string, _ int) error {
+		q, _ := json.Marshal(frame)
+		msg := fmt.Sprintf("a[%s]", strings.Join([]string{string(q)}, ","))
+		sinkBytes = []byte(msg)
+		return nil
+	}
+	for _, in := range []struct {
+		name string
+		data []byte
+	}{
+		{"lines-32KiB", []byte(strings.Repeat(strings.Repeat("a", 79)+"\r\n", 410)[:32<<10])},
+		{"terminal-32KiB", terminalOutput(32 << 10)},
+		{"keystroke", []byte("l")},
+	} {
+		for _, p := range []struct {
+			name string
+			w    *stdoutWriter
+		}{
+			{"sockjs-go", newStdoutWriter(sockjsGo)},
+			{"wire", newWireStdoutWriter(func(f []byte, _ int) error { sinkBytes = f; return nil })},
+		} {
+			b.Run(in.name+"/"+p.name, func(b *testing.B) {
+				b.SetBytes(int64(len(in.data)))
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := p.w.Write(in.data); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+var sinkBytes []byte
