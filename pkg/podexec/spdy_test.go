@@ -417,8 +417,10 @@ func (p *pusher) PushTo(send func([]byte) error) error {
 	p.mu.Lock()
 	p.send = send
 	p.mu.Unlock()
+	// What was typed before the stream was up goes first.
+	err := send([]byte("typed early "))
 	close(p.ready)
-	return send([]byte("typed early "))
+	return err
 }
 
 type sizePusher struct{ *pusher }
@@ -430,12 +432,11 @@ func (s sizePusher) PushTo(send func(remotecommand.TerminalSize) error) {
 func TestSPDYExecPushedKeystrokesAndSizes(t *testing.T) {
 	resized := make(chan string, 1)
 	cfg := startKubelet(t, &fakeKubelet{script: func(s *kubeletStreams) {
-		go func() {
-			var size remotecommand.TerminalSize
-			if json.NewDecoder(s.resize).Decode(&size) == nil {
-				resized <- fmt.Sprintf("%dx%d", size.Width, size.Height)
-			}
-		}()
+		var size remotecommand.TerminalSize
+		if err := json.NewDecoder(s.resize).Decode(&size); err != nil {
+			resized <- err.Error()
+		}
+		resized <- fmt.Sprintf("%dx%d", size.Width, size.Height)
 		buf := make([]byte, 1024)
 		var got []byte
 		for !bytes.HasSuffix(got, []byte("q")) {
