@@ -27,11 +27,13 @@ import (
 )
 
 const (
-	testNS       = "team-a"
-	testPod      = "web-0"
-	allowedOrig  = "https://console.example.com"
-	userHeader   = "X-Test-User"
-	waitFor      = 10 * time.Second
+	testNS      = "team-a"
+	testPod     = "web-0"
+	allowedOrig = "https://console.example.com"
+	userHeader  = "X-Test-User"
+	// A deadline for failures, not a speed target: generous, because the
+	// race detector on a shared 2-core machine is slow.
+	waitFor      = 30 * time.Second
 	testMsgLimit = 4096
 )
 
