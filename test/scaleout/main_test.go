@@ -11,7 +11,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -29,6 +28,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	authnuser "k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/client-go/rest"
 
 	consolesv1alpha1 "github.com/kubecube-io/console-apiserver/pkg/apis/consoles/v1alpha1"
@@ -92,19 +92,55 @@ func (r *replica) waitReady(ctx context.Context) error {
 		if r.proc.Exited() {
 			return fmt.Errorf("%s exited:\n%s", r.name, r.proc.LogTail(40))
 		}
-		resp, err := r.direct.Get(r.url("/readyz"))
+		// /readyz turns 200 before the authenticators have loaded
+		// kube-apiserver's CAs from kube-system; until they have, the
+		// aggregator's requests would be anonymous. Ready means both.
+		err := r.check("/readyz", nil)
 		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = errors.New(resp.Status)
+			err = r.check("/apis/consoles.kubecube.io/v1alpha1", nil)
+		}
+		if err == nil {
+			err = r.check("/apis/consoles.kubecube.io/v1alpha1", frontProxy)
+		}
+		if err == nil {
+			return nil
 		}
 		last = err
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("%s not ready: %v\n%s", r.name, last, r.proc.LogTail(40))
 }
+
+// check GETs path on the replica as system:masters, or through its
+// front-proxy authenticator when via is set.
+func (r *replica) check(path string, via *http.Client) error {
+	client, req := r.direct, mustRequest(r.url(path))
+	if via != nil {
+		client = via
+		req.Header.Set("X-Remote-User", "readiness-probe")
+		req.Header.Set("X-Remote-Group", "system:masters")
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return nil
+}
+
+func mustRequest(url string) *http.Request {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		panic(err)
+	}
+	return req
+}
+
+// frontProxy presents the aggregator's client certificate.
+var frontProxy *http.Client
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
@@ -205,6 +241,16 @@ func run(m *testing.M) int {
 			"--max-pending-sessions-per-user=100",
 			"--idle-timeout=0",
 		)
+		if frontProxy == nil {
+			fp := cp.IdentityConfig(&authnuser.DefaultInfo{Name: "readiness-probe"})
+			fpCert, err := tls.X509KeyPair(fp.CertData, fp.KeyData)
+			if err != nil {
+				return fail("%v", err)
+			}
+			frontProxy = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+				TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{fpCert}},
+			}}
+		}
 		r := &replica{name: name, port: prep.Port, args: args, direct: &http.Client{
 			Timeout:   10 * time.Second,
 			Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{adminCert}}},
