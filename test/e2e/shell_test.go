@@ -182,13 +182,8 @@ func bindTerminal(t *testing.T, ctx context.Context, u *user, ns, pod, id string
 
 func expectRefused(t *testing.T, ctx context.Context, term *framework.Terminal, why string) {
 	t.Helper()
-	closed, err := term.WaitClosed(ctx)
-	if err != nil {
+	if err := term.Refused(ctx, why); err != nil {
 		t.Fatal(err)
-	}
-	toasts := strings.Join(term.Toasts(), " | ")
-	if closed.Code != 2 || !strings.Contains(toasts, why) {
-		t.Fatalf("closed %+v with toasts %q; want code 2 and a toast saying %q", closed, toasts, why)
 	}
 }
 

@@ -360,3 +360,17 @@ func (t *Terminal) readXHRStreaming(ctx context.Context) {
 		resp.Body.Close()
 	}
 }
+
+// Refused waits for the session to end as a refusal: close code 2, after a
+// toast that contains why. It returns what happened otherwise.
+func (t *Terminal) Refused(ctx context.Context, why string) error {
+	closed, err := t.WaitClosed(ctx)
+	if err != nil {
+		return err
+	}
+	toasts := strings.Join(t.Toasts(), " | ")
+	if closed.Code != 2 || !strings.Contains(toasts, why) {
+		return fmt.Errorf("closed %+v with toasts %q; want code 2 and a toast saying %q", closed, toasts, why)
+	}
+	return nil
+}

@@ -177,13 +177,8 @@ func TestSingleUseAndIdentityAcrossReplicas(t *testing.T) {
 
 func expectRefused(t *testing.T, ctx context.Context, term *framework.Terminal, why string) {
 	t.Helper()
-	closed, err := term.WaitClosed(ctx)
-	if err != nil {
+	if err := term.Refused(ctx, why); err != nil {
 		t.Fatal(err)
-	}
-	toasts := strings.Join(term.Toasts(), " | ")
-	if closed.Code != 2 || !strings.Contains(toasts, why) {
-		t.Fatalf("closed %+v with toasts %q; want code 2 and a toast saying %q", closed, toasts, why)
 	}
 }
 
